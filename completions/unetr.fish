@@ -1,0 +1,1 @@
+complete --command unetr --no-files --arguments "(env _UNETR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) unetr)" --condition "env _UNETR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) unetr"

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real CLI, and tiny phantom datasets written to temporary folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unetr_cli.cli import app
+
+TINY_SHAPE = (64, 64, 32)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test sees the developer's UNETR_* variables, debug mode or hub cache."""
+    for key in list(os.environ):
+        if key.startswith("UNETR_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    """Run `unetr ARGS` in-process and return click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False, prog_name="unetr")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """Six 64x64x32 phantoms (4 training, 2 validation) in the BTCV layout; read-only for tests."""
+    from unetr_cli.phantoms import write_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, cases=6, seed=7, shape=TINY_SHAPE, validation_fraction=0.34)
+    return root

@@ -1,0 +1,83 @@
+"""The command line as a user meets it: help, version, error lines and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import invoke
+from unetr_cli import __version__
+
+COMMANDS = ("synth", "config")
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert f" {command} " in result.stdout, command
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "config"] + ["config show"])
+def test_every_command_help_ends_with_examples(command):
+    result = invoke(*command.split(), "--help")
+    assert result.exit_code == 0
+    assert "Examples" in result.stdout
+    assert f"unetr {command.split()[0]}" in result.stdout.split("Examples")[1]
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"unetr {__version__}"
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from unetr_cli.cli import app\n"
+        "try:\n    app(['--help'], prog_name='unetr')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'monai', 'nibabel', 'scipy') if m in sys.modules]\n"
+        "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)\n"
+    )
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - start
+    assert "HEAVY []" in done.stderr, done.stderr
+    assert elapsed < 3.0, f"`unetr --help` took {elapsed:.2f} s"
+
+
+def test_python_dash_m_runs_the_same_cli():
+    done = subprocess.run([sys.executable, "-m", "unetr_cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"unetr {__version__}"
+
+
+def test_usage_error_is_exit_2_without_traceback():
+    result = invoke("config", "show", "--set", "model.img_size=40")
+    assert result.exit_code == 2
+    assert "model.img_size = 40: must be a multiple of 16" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_debug_flag_shows_the_traceback():
+    from unetr_cli.errors import SettingsError
+
+    with pytest.raises(SettingsError):
+        invoke("--debug", "config", "show", "--set", "model.img_size=40")
+
+
+def test_debug_env_var_shows_the_traceback(monkeypatch):
+    from unetr_cli.errors import SettingsError
+
+    monkeypatch.setenv("UNETR_DEBUG", "1")
+    with pytest.raises(SettingsError):
+        invoke("config", "show", "--set", "model.img_size=40")
+
+
+def test_unknown_command_is_a_usage_error():
+    result = invoke("trian")
+    assert result.exit_code == 2

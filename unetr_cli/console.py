@@ -1,0 +1,99 @@
+"""Rich consoles, progress bars and main-process-only output (plain, quiet or JSON lines)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+OutputMode = Literal["rich", "quiet", "json"]
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on global rank 0 (read from the environment, so no torch import)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def error_line(message: str) -> None:
+    """The one red line a user sees for a known error."""
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A yellow warning on stderr (main process only)."""
+    if is_main_process():
+        stderr.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+class Reporter:
+    """Everything a command says while it works, in the chosen output mode, from the main process only."""
+
+    def __init__(self, mode: OutputMode = "rich"):
+        self.mode = mode
+        self.enabled = is_main_process()
+
+    @property
+    def shows_progress(self) -> bool:
+        return self.enabled and self.mode == "rich"
+
+    def info(self, text: str) -> None:
+        """A human-readable line (suppressed by --quiet and --json)."""
+        if self.shows_progress:
+            stdout.print(text, soft_wrap=True)
+
+    def result(self, text: str) -> None:
+        """A line the user asked for (printed with --quiet too, replaced by events with --json)."""
+        if self.enabled and self.mode != "json":
+            stdout.print(text, soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        if self.enabled and self.mode != "json":
+            stderr.print(f"[yellow]warning:[/] {text}", soft_wrap=True)
+        self.event("warning", message=text)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """A machine-readable record: one JSON line on stdout in --json mode."""
+        if self.enabled and self.mode == "json":
+            sys.stdout.write(
+                json.dumps({"event": kind, "time": round(time.time(), 3), **fields}, default=str) + "\n"
+            )
+            sys.stdout.flush()
+
+    def table(self, table: Table) -> None:
+        if self.shows_progress:
+            stdout.print(table)
+
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Progress | None]:
+        """A rich progress display, or None where nothing should be drawn."""
+        if not self.shows_progress:
+            yield None
+            return
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        with Progress(*columns, console=stdout, transient=False) as bar:
+            yield bar

@@ -1,0 +1,54 @@
+"""The project's exception types: each carries a message a user can act on and an exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UnetrError(Exception):
+    """Base class: the CLI prints the message as one red line and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class UsageError(UnetrError):
+    """A bad option, setting or combination of them (exit code 2, like a CLI usage error)."""
+
+    exit_code = 2
+
+
+class SettingsError(UsageError):
+    """Settings that fail validation; the message lists one line per bad field."""
+
+
+class InputError(UnetrError):
+    """A file the user gave us is missing, unreadable or not what it must be."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class DataError(UnetrError):
+    """The dataset as a whole is unusable (several files may be named)."""
+
+
+class CheckpointError(UnetrError):
+    """A checkpoint cannot be read safely or does not fit the model."""
+
+
+class OutputExistsError(UnetrError):
+    """We refuse to overwrite something already on disk."""
+
+    def __init__(self, path: str | Path, hint: str = "pass --overwrite to replace it"):
+        self.path = Path(path)
+        super().__init__(f"{path}: already exists; {hint}")
+
+
+class HubError(UnetrError):
+    """A download from the Hugging Face hub failed."""
+
+
+class TrainingError(UnetrError):
+    """Training cannot go on (diverged, incompatible resume, ...)."""

@@ -1,0 +1,312 @@
+"""The one typed settings tree shared by every subcommand.
+
+Precedence, lowest first: field defaults < `--preset NAME` < `--config FILE` (TOML or YAML) <
+`UNETR_*` environment variables (nested with `__`, e.g. `UNETR_MODEL__FEATURE_SIZE=32`) < command-line flags.
+Unknown keys and wrong types are errors, reported one line per bad field.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
+
+from unetr_cli.errors import SettingsError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Group):
+    """The UNETR architecture (MONAI `UNETR` arguments; defaults are the BTCV reference network)."""
+
+    in_channels: int = Field(1, ge=1)
+    out_channels: int = Field(14, ge=2, description="classes including background (BTCV: 13 organs + 1)")
+    img_size: int = Field(96, ge=16, description="cubic input window in voxels; a multiple of 16")
+    feature_size: int = Field(16, ge=1)
+    hidden_size: int = Field(768, ge=1)
+    mlp_dim: int = Field(3072, ge=1)
+    num_heads: int = Field(12, ge=1)
+    pos_embed: Literal["perceptron", "conv"] = Field("perceptron", description="MONAI's proj_type")
+    norm_name: Literal["instance", "batch"] = "instance"
+    conv_block: bool = True
+    res_block: bool = True
+    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("img_size")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError("must be a multiple of 16 (the ViT patch size)")
+        return value
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelSettings:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class DataSettings(_Group):
+    """Where the data is and how it is prepared (BTCV reference recipe)."""
+
+    data_dir: Path = Path("dataset")
+    json_list: str = Field("dataset_0.json", description="datalist file, relative to data_dir")
+    fold: int | None = Field(None, ge=0, description="validation fold when entries carry a 'fold' field")
+    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
+    hu_min: float = -175.0
+    hu_max: float = 250.0
+    cache_rate: float = Field(1.0, ge=0.0, le=1.0)
+    workers: int = Field(4, ge=0)
+    num_samples: int = Field(4, ge=1, description="random crops per volume and step")
+    crop_sampler: Literal["pos_neg", "class_balanced"] = Field(
+        "pos_neg", description="pos_neg: the reference's 1:1 crops; class_balanced: every organ equally often"
+    )
+    rand_flip_prob: float = Field(0.2, ge=0.0, le=1.0)
+    rand_rotate90_prob: float = Field(0.2, ge=0.0, le=1.0)
+    rand_scale_intensity_prob: float = Field(0.1, ge=0.0, le=1.0)
+    rand_shift_intensity_prob: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("every spacing must be > 0 mm")
+        return value
+
+    @model_validator(mode="after")
+    def _window_is_ordered(self) -> DataSettings:
+        if self.hu_min >= self.hu_max:
+            raise ValueError(f"hu_min {self.hu_min} must be below hu_max {self.hu_max}")
+        return self
+
+
+class OptimisationSettings(_Group):
+    """Optimiser, schedule and loop lengths (BTCV reference defaults)."""
+
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(1e-5, ge=0.0)
+    momentum: float = Field(0.99, ge=0.0, lt=1.0, description="SGD only (Nesterov)")
+    lrschedule: Literal["warmup_cosine", "cosine_anneal", "constant"] = "warmup_cosine"
+    warmup_epochs: int = Field(50, ge=0)
+    max_epochs: int = Field(5000, ge=1)
+    batch_size: int = Field(1, ge=1, description="volumes per step; each yields num_samples crops")
+    val_every: int = Field(100, ge=1, description="validate every N epochs")
+    amp: bool = Field(True, description="mixed precision: fp16+GradScaler or bf16 on CUDA, bf16 on CPU")
+    loss_smooth_nr: float = Field(0.0, ge=0.0)
+    loss_smooth_dr: float = Field(1e-6, ge=0.0)
+
+
+class InferenceSettings(_Group):
+    """Sliding-window inference, used by validation, predict and evaluate."""
+
+    roi_size: int | None = Field(None, description="window size; UNETR needs model.img_size (the default)")
+    infer_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(4, ge=1)
+    blend_mode: Literal["gaussian", "constant"] = "gaussian"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    amp: bool = Field(True, description="autocast during inference where the hardware supports it")
+    tta: bool = Field(False, description="average over the 8 axis-flip combinations")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        head, _, index = value.partition(":")
+        if head not in {"auto", "cpu", "cuda"} or (index and (head != "cuda" or not index.isdigit())):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return value
+
+
+class RuntimeSettings(_Group):
+    """Where runs go and how they behave."""
+
+    logdir: Path | None = Field(None, description="run directory; default runs/<timestamp>")
+    seed: int | None = Field(None, ge=0)
+    save_checkpoint: bool = True
+    dist_timeout_s: int = Field(600, ge=1, description="a rank silent this long ends the distributed job")
+
+
+class Settings(BaseSettings):
+    """Every setting of unetr, grouped as model / data / optimisation / inference / runtime."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="UNETR_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    model: ModelSettings = ModelSettings()
+    data: DataSettings = DataSettings()
+    optimisation: OptimisationSettings = OptimisationSettings()
+    inference: InferenceSettings = InferenceSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    @model_validator(mode="after")
+    def _window_fits_model(self) -> Settings:
+        roi = self.inference.roi_size
+        if roi is not None and roi != self.model.img_size:
+            raise ValueError(
+                f"inference.roi_size {roi} must equal model.img_size {self.model.img_size} "
+                "(the ViT's position embedding is fixed to the window size)"
+            )
+        return self
+
+    @property
+    def roi_size(self) -> int:
+        """The sliding-window size: always the model's input size."""
+        return self.inference.roi_size or self.model.img_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict, as stored in run directories and checkpoints."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Settings:
+        """Rebuild settings stored by `to_dict` (environment variables are not consulted)."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            raise SettingsError(format_validation_error(err)) from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per bad field: `model.img_size = 40: must be a multiple of 16 ...`."""
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "settings"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            shown, message = "", "unknown setting"
+        lines.append(f"{where}{shown}: {message}")
+    return "\n".join(lines)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML settings file into a nested dict."""
+    if not path.is_file():
+        raise SettingsError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SettingsError(f"{path}: cannot read config file ({err.strerror})") from None
+    try:
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        elif path.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            values = tomllib.loads(text)
+    except Exception as err:  # every parser has its own error type
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SettingsError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'} ({first_line})") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: expected a table of settings groups at the top level")
+    return values
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The settings a named preset changes from the defaults."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise SettingsError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return tomllib.loads(path.read_text())
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A new dict with `update` merged into `base`, recursing into nested dicts."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def flags_to_overrides(**flags: Any) -> dict[str, Any]:
+    """Turn `group__field=value` keyword arguments into a nested dict, dropping flags left unset (None)."""
+    overrides: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        group, _, field = key.partition("__")
+        overrides.setdefault(group, {})[field] = value
+    return overrides
+
+
+def resolve_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
+    base: dict[str, Any] | None = None,
+) -> Settings:
+    """Resolve the settings tree from all sources.
+
+    Args:
+        config_file: optional TOML/YAML/JSON file.
+        overrides: nested dict from command-line flags (highest precedence).
+        preset: optional preset name, applied above the defaults and below the config file.
+        base: optional stored settings (e.g. from a checkpoint), applied just above the defaults.
+    """
+    layered = deep_merge(base or {}, read_preset(preset) if preset else {})
+    if config_file is not None:
+        layered = deep_merge(layered, read_config_file(config_file))
+
+    class _Resolved(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_unused):
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=layered))
+
+    try:
+        resolved = _Resolved(**(overrides or {}))
+    except ValidationError as err:
+        raise SettingsError(format_validation_error(err)) from None
+    return Settings.from_dict(resolved.to_dict())
+
+
+def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
+    """Turn `--set group.field=value` strings into a nested dict; values are read as JSON when they parse."""
+    overrides: dict[str, Any] = {}
+    for item in assignments or []:
+        key, sep, raw = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or len(path) != 2 or not all(path):
+            raise SettingsError(f"--set {item!r}: expected GROUP.FIELD=VALUE, e.g. model.hidden_size=96")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides.setdefault(path[0], {})[path[1]] = value
+    return overrides
+
+
+def settings_from_cli(
+    config: Path | None = None,
+    preset: str | None = None,
+    assignments: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+    **flags: Any,
+) -> Settings:
+    """Resolve settings for a command: typed flags (`group__field=value`) win over `--set` assignments."""
+    overrides = deep_merge(parse_assignments(assignments), flags_to_overrides(**flags))
+    return resolve_settings(config_file=config, overrides=overrides, preset=preset, base=base)
