@@ -36,3 +36,34 @@ def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     write_dataset(root, cases=6, seed=7, shape=TINY_SHAPE, validation_fraction=0.34)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A tiny-cpu run trained for 10 epochs on the tiny dataset (read-only for tests)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = invoke(
+        "train",
+        "--preset",
+        "tiny-cpu",
+        "--seed",
+        "0",
+        "--data-dir",
+        tiny_dataset,
+        "--logdir",
+        run,
+        "--max-epochs",
+        "10",
+        "--val-every",
+        "5",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def write_scan(path: Path, image, affine) -> Path:
+    """Save an int16 HU volume as NIfTI with scanner qform/sform codes."""
+    from unetr_cli.volumes import save_nifti
+
+    return save_nifti(image, affine, path)

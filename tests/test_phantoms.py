@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import TINY_SHAPE, invoke
 from unetr_cli.labels import BTCV_LABELS
-from unetr_cli.phantoms import make_phantom, scanner_affine, write_dataset
+from unetr_cli.phantoms import default_grid, make_phantom, scanner_affine, write_dataset
 
 
 def _centroid_world(phantom, label):
@@ -51,11 +51,14 @@ def test_every_organ_is_present_with_plausible_hu_and_volume():
     assert phantom.image.max() > 400  # bone
 
 
-def test_default_geometry_is_btcv_like():
-    phantom = make_phantom(2)
-    spacing = np.linalg.norm(phantom.affine[:3, :3], axis=0)
-    assert phantom.image.shape[:2] == (512, 512)
-    assert 0.6 <= spacing[0] <= 0.98 and 2.5 <= spacing[2] <= 5.0
+@pytest.mark.parametrize("seed", range(5))
+def test_default_geometry_is_btcv_like(seed):
+    shape, spacing = default_grid(seed)
+    assert shape[:2] == (512, 512) and 0.6 <= spacing[0] == spacing[1] <= 0.98 and 2.5 <= spacing[2] <= 5.0
+    assert 260 <= shape[2] * spacing[2] <= 420  # cranio-caudal coverage in mm
+    small = make_phantom(seed, (32, 32, 16))
+    small_spacing = np.linalg.norm(small.affine[:3, :3], axis=0)
+    assert np.allclose(small_spacing * (32, 32, 16), np.asarray(spacing) * shape)  # same field of view
 
 
 def test_oblique_affine_is_not_axis_aligned():

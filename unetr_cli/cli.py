@@ -21,7 +21,7 @@ from typer.exceptions import TyperException
 from unetr_cli import __version__
 from unetr_cli import options as opt
 from unetr_cli.console import Reporter, error_line, stdout
-from unetr_cli.errors import UnetrError, UsageError
+from unetr_cli.errors import OutputExistsError, UnetrError, UsageError
 
 
 class _ErrorBoundary(TyperGroup):
@@ -233,6 +233,619 @@ def _print_dataset_table(datalist: Path, reporter: Reporter) -> None:
     reporter.info(
         f"wrote {len(listing['training'])} training and {len(listing['validation'])} validation cases"
     )
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+@command(app)
+def train(
+    data_dir: opt.DataDir = None,
+    json_list: opt.JsonList = None,
+    fold: opt.Fold = None,
+    logdir: opt.Logdir = None,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+    feature_size: opt.FeatureSize = None,
+    img_size: opt.ImgSize = None,
+    pos_embed: opt.PosEmbed = None,
+    optimizer: opt.Optimizer = None,
+    lr: opt.Lr = None,
+    lrschedule: opt.LrSchedule = None,
+    warmup_epochs: opt.WarmupEpochs = None,
+    max_epochs: opt.MaxEpochs = None,
+    batch_size: opt.BatchSize = None,
+    val_every: opt.ValEvery = None,
+    amp: opt.Amp = None,
+    infer_overlap: opt.InferOverlap = None,
+    sw_batch_size: opt.SwBatchSize = None,
+    device: opt.Device = None,
+    workers: opt.Workers = None,
+    cache_rate: opt.CacheRate = None,
+    seed: opt.Seed = None,
+    save_checkpoint: opt.SaveCheckpoint = None,
+    resume: opt.Resume = False,
+    stop_after: opt.StopAfter = None,
+    overwrite: opt.Overwrite = False,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Train UNETR on a BTCV-layout dataset (datalist JSON + NIfTI volumes) with the reference recipe.
+
+    Writes a run folder with settings.json, checkpoint_latest/best/final.pt, metrics.jsonl, TensorBoard
+    events and progress.png. Every case is checked before training starts.
+
+    Examples:
+      unetr train --data-dir /dataset/dataset0 --feature-size 16 --batch-size 1 --lr 1e-4 --max-epochs 5000
+      unetr train --data-dir data/phantoms --preset tiny-cpu --logdir runs/tiny
+      unetr train --resume --logdir runs/tiny
+    """
+    from unetr_cli.engine import FitOptions
+
+    flags = dict(
+        data__data_dir=data_dir,
+        data__json_list=json_list,
+        data__fold=fold,
+        model__feature_size=feature_size,
+        model__img_size=img_size,
+        model__pos_embed=pos_embed,
+        optimisation__optimizer=optimizer,
+        optimisation__lr=lr,
+        optimisation__lrschedule=lrschedule,
+        optimisation__warmup_epochs=warmup_epochs,
+        optimisation__max_epochs=max_epochs,
+        optimisation__batch_size=batch_size,
+        optimisation__val_every=val_every,
+        optimisation__amp=amp,
+        inference__infer_overlap=infer_overlap,
+        inference__sw_batch_size=sw_batch_size,
+        inference__device=device,
+        data__workers=workers,
+        data__cache_rate=cache_rate,
+        runtime__seed=seed,
+        runtime__save_checkpoint=save_checkpoint,
+    )
+    options = FitOptions(resume=resume, overwrite=overwrite, stop_after_epochs=stop_after)
+    _run_training(logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output))
+
+
+@command(app)
+def finetune(
+    from_: opt.Checkpoint = None,
+    pretrained_dir: opt.PretrainedDir = None,
+    pretrained_model_name: opt.PretrainedModelName = None,
+    trust_torchscript: opt.TrustTorchscript = False,
+    reinit_head: Annotated[
+        bool,
+        typer.Option(
+            help="Re-initialise the output layer (a new label set; use with --out-channels).",
+            rich_help_panel="Model",
+        ),
+    ] = False,
+    freeze_encoder: Annotated[
+        bool, typer.Option(help="Keep the ViT encoder frozen (small datasets).", rich_help_panel="Model")
+    ] = False,
+    out_channels: opt.OutChannels = None,
+    data_dir: opt.DataDir = None,
+    json_list: opt.JsonList = None,
+    fold: opt.Fold = None,
+    logdir: opt.Logdir = None,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+    feature_size: opt.FeatureSize = None,
+    lr: opt.Lr = None,
+    lrschedule: opt.LrSchedule = None,
+    warmup_epochs: opt.WarmupEpochs = None,
+    max_epochs: opt.MaxEpochs = None,
+    batch_size: opt.BatchSize = None,
+    val_every: opt.ValEvery = None,
+    amp: opt.Amp = None,
+    device: opt.Device = None,
+    workers: opt.Workers = None,
+    seed: opt.Seed = None,
+    stop_after: opt.StopAfter = None,
+    overwrite: opt.Overwrite = False,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Fine-tune UNETR from pretrained weights: the official UNETR_model_best_acc.pth (a raw state dict), a
+    reference trainer checkpoint, a unetr checkpoint, a safetensors file, or (with --trust-torchscript) a
+    TorchScript file such as UNETR_model_best_acc.pt. The format is read from the file itself.
+
+    Examples:
+      unetr finetune --from pretrained_models/UNETR_model_best_acc.pth --data-dir /dataset/dataset0
+      unetr finetune --pretrained-dir pretrained_models --pretrained-model-name UNETR_model_best_acc.pth -d D
+      unetr finetune --from UNETR_model_best_acc.pt --trust-torchscript --data-dir D
+      unetr finetune --from runs/btcv/checkpoint_best.pt --out-channels 5 --reinit-head --data-dir my_organs
+    """
+    from unetr_cli.checkpoint import locate_weights, read_weights
+    from unetr_cli.engine import FitOptions
+
+    weights = read_weights(locate_weights(from_, pretrained_dir, pretrained_model_name), trust_torchscript)
+    flags = dict(
+        model__out_channels=out_channels,
+        model__feature_size=feature_size,
+        data__data_dir=data_dir,
+        data__json_list=json_list,
+        data__fold=fold,
+        optimisation__lr=lr,
+        optimisation__lrschedule=lrschedule,
+        optimisation__warmup_epochs=warmup_epochs,
+        optimisation__max_epochs=max_epochs,
+        optimisation__batch_size=batch_size,
+        optimisation__val_every=val_every,
+        optimisation__amp=amp,
+        inference__device=device,
+        data__workers=workers,
+        runtime__seed=seed,
+    )
+    options = FitOptions(
+        overwrite=overwrite,
+        stop_after_epochs=stop_after,
+        init_weights=weights,
+        reinit_head=reinit_head,
+        freeze_encoder=freeze_encoder,
+    )
+    _run_training(logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output))
+
+
+def _run_training(logdir, config, preset, assignments, flags, options, mode) -> None:
+    """Resolve the run folder and settings (a resumed run starts from its own), then train."""
+    from unetr_cli.engine import fit
+    from unetr_cli.rundir import resolve_run_dir
+    from unetr_cli.settings import input_space, settings_from_cli
+
+    run = resolve_run_dir(logdir, options.resume)
+    if options.resume:
+        base = run.read_settings()
+    elif options.init_weights is not None and options.init_weights.settings:
+        base = input_space(options.init_weights.settings)
+    else:
+        base = None
+    settings = settings_from_cli(config, preset, assignments, base=base, runtime__logdir=run.path, **flags)
+    reporter = Reporter(mode)
+    result = fit(settings, run, reporter, options)
+    reporter.result(f"run folder: {result.run_dir}  (best mean Dice {result.best_dice:.4f})")
+
+
+# --- inference --------------------------------------------------------------------------------------------
+
+
+def _load_model(
+    checkpoint,
+    pretrained_dir,
+    pretrained_model_name,
+    trust_torchscript,
+    saved_checkpoint,
+    config,
+    preset,
+    assignments,
+    **flags,
+):
+    """Weights from any accepted source, settings from the file where it carries them, then flags on top."""
+    from unetr_cli.checkpoint import locate_weights, read_weights
+    from unetr_cli.model import model_with_weights
+    from unetr_cli.settings import input_space, settings_from_cli
+
+    path = locate_weights(checkpoint, pretrained_dir, pretrained_model_name)
+    weights = read_weights(path, trust_torchscript)
+    if saved_checkpoint is not None:
+        expected = {"ckpt": saved_checkpoint != "torchscript", "torchscript": weights.kind == "torchscript"}
+        if saved_checkpoint not in expected:
+            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: expected ckpt or torchscript")
+        if (saved_checkpoint == "torchscript") != (weights.kind == "torchscript"):
+            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: {path} is a {weights.kind}")
+    settings = settings_from_cli(
+        config, preset, assignments, base=input_space(weights.settings or {}), **flags
+    )
+    return settings, model_with_weights(settings.model, weights.state_dict), path
+
+
+@command(app)
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="NIfTI scans, folders of them, or glob patterns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (one input) or folder.")],
+    checkpoint: opt.Checkpoint = None,
+    pretrained_dir: opt.PretrainedDir = None,
+    pretrained_model_name: opt.PretrainedModelName = None,
+    trust_torchscript: opt.TrustTorchscript = False,
+    saved_checkpoint: opt.SavedCheckpoint = None,
+    infer_overlap: opt.InferOverlap = None,
+    sw_batch_size: opt.SwBatchSize = None,
+    mode: opt.BlendMode = None,
+    tta: opt.Tta = None,
+    amp: opt.InferAmp = None,
+    device: opt.Device = None,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats", help="Write organ volumes (ml) and mean HU as JSON and CSV.", rich_help_panel="Run"
+        ),
+    ] = False,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview", help="Write a PNG with the labels over three slices.", rich_help_panel="Run"
+        ),
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing", help="Keep outputs that already exist (resume a batch).", rich_help_panel="Run"
+        ),
+    ] = False,
+    overwrite: opt.Overwrite = False,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Segment CT scans; each label map (uint8, BTCV ids) has exactly its scan's shape and affine.
+
+    Preprocessing is the validation pipeline (RAS, training spacing, HU window, body crop); sliding-window
+    inference runs at model resolution and the label map is carried back to the scan's own grid. A label
+    sidecar (.json) and a 3D Slicer colour table (.ctbl) travel with every output.
+
+    Examples:
+      unetr predict scan.nii.gz -o seg.nii.gz --checkpoint runs/btcv/checkpoint_best.pt
+      unetr predict scans/ -o segs/ --checkpoint model.pth --stats --preview --skip-existing
+      unetr predict "data/imagesTs/*.nii.gz" -o segs/ --pretrained-dir pretrained_models --tta
+      unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
+    """
+    from unetr_cli.inference import Segmenter, resolve_device
+    from unetr_cli.predict import PredictOptions, check_outputs, expand_inputs, plan_outputs, predict_batch
+
+    sources = expand_inputs(inputs)
+    targets = plan_outputs(sources, output)
+    options = PredictOptions(stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing)
+    check_outputs(targets, options)
+    settings, model, weights_path = _load_model(
+        checkpoint,
+        pretrained_dir,
+        pretrained_model_name,
+        trust_torchscript,
+        saved_checkpoint,
+        config,
+        preset,
+        set_,
+        inference__infer_overlap=infer_overlap,
+        inference__sw_batch_size=sw_batch_size,
+        inference__blend_mode=mode,
+        inference__tta=tta,
+        inference__amp=amp,
+        inference__device=device,
+    )
+    options.provenance = {"checkpoint": str(weights_path), "settings": settings.to_dict()}
+    reporter = Reporter(opt.output_mode(quiet, json_output))
+    result = predict_batch(
+        sources,
+        targets,
+        Segmenter(model, settings, resolve_device(settings.inference.device)),
+        options,
+        reporter,
+    )
+    _summarise_batch(result, reporter)
+
+
+def _summarise_batch(result, reporter: Reporter) -> None:
+    reporter.result(
+        f"{len(result.written)} written, {len(result.skipped)} skipped (existing), "
+        f"{len(result.failed)} failed"
+    )
+    reporter.event(
+        "summary", written=len(result.written), skipped=len(result.skipped), failed=len(result.failed)
+    )
+    if result.failed:
+        for source, problem in result.failed.items():
+            error_line(problem if str(source) in problem else f"{source}: {problem}")
+        raise typer.Exit(1)
+
+
+@command(app)
+def evaluate(
+    data_dir: opt.DataDir = None,
+    json_list: opt.JsonList = None,
+    split: Annotated[
+        str, typer.Option(help="Datalist split to score: validation or training.", rich_help_panel="Data")
+    ] = "validation",
+    fold: opt.Fold = None,
+    pred_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of predicted label maps to score (no model).",
+            rich_help_panel="Data",
+            file_okay=False,
+        ),
+    ] = None,
+    gt_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of ground-truth label maps, paired by name.", rich_help_panel="Data", file_okay=False
+        ),
+    ] = None,
+    checkpoint: opt.Checkpoint = None,
+    pretrained_dir: opt.PretrainedDir = None,
+    pretrained_model_name: opt.PretrainedModelName = None,
+    trust_torchscript: opt.TrustTorchscript = False,
+    saved_checkpoint: opt.SavedCheckpoint = None,
+    space: Annotated[
+        str,
+        typer.Option(
+            help="original: each scan's own grid; resampled: the model's space, like the reference test.py.",
+            rich_help_panel="Run",
+        ),
+    ] = "original",
+    empty_as_zero: Annotated[
+        bool,
+        typer.Option(
+            "--empty-as-zero",
+            help="Score an organ missing from the truth "
+            "as Dice 0, like the reference (default: n/a when in neither "
+            "map).",
+            rich_help_panel="Run",
+        ),
+    ] = False,
+    hd95: Annotated[
+        bool, typer.Option("--hd95/--no-hd95", help="Compute HD95 distances (slower).", rich_help_panel="Run")
+    ] = True,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Write all numbers as JSON.", rich_help_panel="Run", dir_okay=False),
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv", help="Write per-case, per-organ rows as CSV.", rich_help_panel="Run", dir_okay=False
+        ),
+    ] = None,
+    infer_overlap: opt.InferOverlap = None,
+    sw_batch_size: opt.SwBatchSize = None,
+    mode: opt.BlendMode = None,
+    tta: opt.Tta = None,
+    amp: opt.InferAmp = None,
+    device: opt.Device = None,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Score segmentations per organ (Dice, HD95 in mm, volume difference) and per case.
+
+    With a model, every case of a datalist split is predicted with the same code as `unetr predict`; with
+    --pred-dir, existing label maps are scored against --gt-dir (paired by name) or the datalist's labels.
+    The exit code is 0 whatever the scores; it is non-zero only for errors.
+
+    Examples:
+      unetr evaluate --data-dir /dataset/dataset0 --checkpoint runs/btcv/checkpoint_best.pt --output r.json
+      unetr evaluate --data-dir D --pretrained-dir pretrained_models --space resampled --empty-as-zero
+      unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --csv scores.csv
+    """
+    from unetr_cli import evaluate as ev
+    from unetr_cli.settings import settings_from_cli
+
+    if space not in ("original", "resampled"):
+        raise UsageError(f"--space {space}: expected original or resampled")
+    if split not in ("validation", "training"):
+        raise UsageError(f"--split {split}: expected validation or training")
+    with_model = checkpoint is not None or pretrained_dir is not None or pretrained_model_name is not None
+    reporter = Reporter(opt.output_mode(quiet, json_output))
+    flags = dict(
+        inference__infer_overlap=infer_overlap,
+        inference__sw_batch_size=sw_batch_size,
+        inference__blend_mode=mode,
+        inference__tta=tta,
+        inference__amp=amp,
+        inference__device=device,
+        data__data_dir=data_dir,
+        data__json_list=json_list,
+        data__fold=fold,
+    )
+    unpaired: dict[str, list[str]] = {}
+    if with_model:
+        if pred_dir is not None or gt_dir is not None:
+            raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
+        from unetr_cli.inference import Segmenter, resolve_device
+
+        settings, model, weights_path = _load_model(
+            checkpoint,
+            pretrained_dir,
+            pretrained_model_name,
+            trust_torchscript,
+            saved_checkpoint,
+            config,
+            preset,
+            set_,
+            **flags,
+        )
+        segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
+        cases = ev.datalist_cases(_split_entries(settings, split), None)
+        score = lambda case: ev.score_model(case, segmenter, space, empty_as_zero, hd95)  # noqa: E731
+    else:
+        if space == "resampled":
+            raise UsageError(
+                "--space resampled needs a model (--checkpoint): label folders have no model space"
+            )
+        settings, weights_path = settings_from_cli(config, preset, set_, **flags), None
+        if pred_dir is not None and gt_dir is not None:
+            cases, unpaired_pred, unpaired_truth = ev.pair_folders(pred_dir, gt_dir)
+            unpaired = {"predictions": unpaired_pred, "truths": unpaired_truth}
+            for kind, names in unpaired.items():
+                if names:
+                    reporter.warn(
+                        f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}"
+                    )
+        elif pred_dir is not None and data_dir is not None:
+            cases = ev.datalist_cases(_split_entries(settings, split), pred_dir)
+        else:
+            raise UsageError(
+                "nothing to evaluate: give --checkpoint with --data-dir, or --pred-dir with --gt-dir "
+                "or --data-dir"
+            )
+        classes = settings.model.out_channels
+        score = lambda case: ev.score_files(case, classes, empty_as_zero, hd95)  # noqa: E731
+    evaluation = ev.run_cases(cases, score, reporter)
+    evaluation.unpaired = unpaired
+    summary = ev.summarise(evaluation)
+    context = {
+        "space": space,
+        "empty_as_zero": empty_as_zero,
+        "checkpoint": str(weights_path) if weights_path else None,
+        "settings": settings.to_dict(),
+    }
+    ev.write_results(evaluation, summary, context, output, csv_path)
+    if reporter.mode != "json":
+        stdout.print(ev.results_table(summary, f"unetr evaluate ({space} space)"))
+    reporter.event("summary", **summary)
+    for name, problem in evaluation.failed.items():
+        error_line(f"case {name} failed: {problem}")
+    if evaluation.failed:
+        raise typer.Exit(1)
+
+
+def _split_entries(settings, split: str) -> list[dict]:
+    from unetr_cli.data import read_datalist
+
+    datalist = read_datalist(settings.data.data_dir, settings.data.json_list, settings.data.fold)
+    entries = datalist.validation if split == "validation" else datalist.training
+    if not entries:
+        raise UsageError(f"{datalist.path}: the {split!r} split is empty")
+    return entries
+
+
+# --- sharing ----------------------------------------------------------------------------------------------
+
+
+@command(app)
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.", dir_okay=False)],
+    checkpoint: opt.Checkpoint = None,
+    pretrained_dir: opt.PretrainedDir = None,
+    pretrained_model_name: opt.PretrainedModelName = None,
+    torchscript: Annotated[
+        bool, typer.Option("--torchscript", help="TorchScript (torch.jit.script).")
+    ] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="ONNX, dynamic batch axis (checked with onnxruntime).")
+    ] = False,
+    safetensors: Annotated[
+        bool, typer.Option("--safetensors", help="Weights + JSON metadata, no code.")
+    ] = False,
+    trust_torchscript: opt.TrustTorchscript = False,
+    feature_size: opt.FeatureSize = None,
+    img_size: opt.ImgSize = None,
+    out_channels: opt.OutChannels = None,
+    overwrite: opt.Overwrite = False,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+) -> None:
+    """Export a model as TorchScript, ONNX or safetensors; settings and label names travel inside the file.
+
+    The exported file is reloaded and compared with the eager model on a random window; the largest absolute
+    difference is printed and the export fails above 1e-3. A file without stored settings (like the official
+    UNETR_model_best_acc.pth) needs its architecture named: --preset btcv or the model flags.
+
+    Examples:
+      unetr export --checkpoint runs/btcv/checkpoint_best.pt --torchscript -o unetr_btcv.pt
+      unetr export --checkpoint runs/btcv/checkpoint_best.pt --onnx -o unetr_btcv.onnx
+      unetr export --checkpoint UNETR_model_best_acc.pth --preset btcv --safetensors -o unetr.safetensors
+    """
+    from unetr_cli import export as exporting
+    from unetr_cli.checkpoint import locate_weights, read_weights
+
+    kind = exporting.export_path_kind(torchscript, onnx, safetensors)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(output)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
+    path = locate_weights(checkpoint, pretrained_dir, pretrained_model_name)
+    named = any(v is not None for v in (feature_size, img_size, out_channels, config, preset, set_))
+    if not read_weights(path, trust_torchscript).settings and not named:
+        raise UsageError(
+            f"{path}: holds no model settings; name the architecture with --preset btcv (the official "
+            "BTCV weights) or --feature-size/--img-size/--out-channels"
+        )
+    settings, model, _ = _load_model(
+        checkpoint,
+        pretrained_dir,
+        pretrained_model_name,
+        trust_torchscript,
+        None,
+        config,
+        preset,
+        set_,
+        model__feature_size=feature_size,
+        model__img_size=img_size,
+        model__out_channels=out_channels,
+    )
+    exporter = {
+        "torchscript": exporting.export_torchscript,
+        "onnx": exporting.export_onnx,
+        "safetensors": exporting.export_safetensors,
+    }[kind]
+    report = exporter(model, settings, output)
+    parity = "n/a" if report.max_abs_diff is None else f"{report.max_abs_diff:.3g}"
+    stdout.print(
+        f"wrote {report.path} ({report.kind}); max |eager - exported| on a random "
+        f"{settings.model.img_size}^3 window: {parity}"
+    )
+    if report.note:
+        stdout.print(f"[yellow]note:[/] {report.note}")
+
+
+@command(app)
+def download(
+    repo_id: Annotated[
+        str | None, typer.Argument(help="Hub repository (owner/name) or a registry name.")
+    ] = None,
+    filename: Annotated[str | None, typer.Option(help="File in the repository.")] = None,
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit (default: main).")] = None,
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to", help="Folder to place the file in (--pretrained-dir reads it).", file_okay=False
+        ),
+    ] = Path("pretrained_models"),
+    list_models: Annotated[bool, typer.Option("--list", help="Show the registry of known models.")] = False,
+) -> None:
+    """Download weights through the Hugging Face hub (cache, tokens, HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE
+    are honoured) and place them where --pretrained-dir expects them. Files are checked by sha256.
+
+    Examples:
+      unetr download --list
+      unetr download OWNER/REPO --filename model.safetensors --to pretrained_models
+      HF_HUB_OFFLINE=1 unetr download OWNER/REPO --filename model.safetensors
+    """
+    from unetr_cli import hub
+
+    if list_models:
+        _print_registry(hub)
+        return
+    if repo_id is None:
+        raise UsageError("name a repository (OWNER/REPO --filename FILE) or use --list")
+    path = hub.download(repo_id, filename, revision, to)
+    stdout.print(f"saved {path}")
+    print(path.resolve())
+
+
+def _print_registry(hub) -> None:
+    if not hub.REGISTRY:
+        stdout.print(f"The registry is empty: {hub.REFERENCE_WEIGHTS_HINT}.", soft_wrap=True)
+        return
+    from rich.table import Table
+
+    table = Table(title="known models")
+    for column in ("name", "repository", "file", "revision", "features", "labels", "sha256"):
+        table.add_column(column, no_wrap=column in ("name", "repository", "file"))
+    for m in hub.REGISTRY.values():
+        table.add_row(
+            m.name, m.repo_id, m.filename, m.revision, str(m.feature_size), m.label_set, m.sha256[:12]
+        )
+    stdout.print(table)
 
 
 def main() -> None:

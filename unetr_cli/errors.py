@@ -29,6 +29,9 @@ class InputError(UnetrError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):
+        return (self.__class__, (self.path, self.problem))
+
 
 class DataError(UnetrError):
     """The dataset as a whole is unusable (several files may be named)."""
@@ -43,7 +46,11 @@ class OutputExistsError(UnetrError):
 
     def __init__(self, path: str | Path, hint: str = "pass --overwrite to replace it"):
         self.path = Path(path)
+        self.hint = hint
         super().__init__(f"{path}: already exists; {hint}")
+
+    def __reduce__(self):
+        return (self.__class__, (self.path, self.hint))
 
 
 class HubError(UnetrError):
@@ -52,3 +59,15 @@ class HubError(UnetrError):
 
 class TrainingError(UnetrError):
     """Training cannot go on (diverged, incompatible resume, ...)."""
+
+
+class Interrupted(UnetrError):
+    """Ctrl-C or SIGTERM stopped a run after it saved its state (exit code 130 or 143, as shells expect)."""
+
+    def __init__(self, message: str, signal_number: int = 2):
+        self.signal_number = signal_number
+        self.exit_code = 128 + signal_number
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (self.__class__, (str(self), self.signal_number))

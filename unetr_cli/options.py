@@ -181,3 +181,44 @@ TrustTorchscript = Annotated[
 def output_mode(quiet: bool, json_output: bool) -> str:
     """The Reporter mode chosen by --quiet / --json."""
     return "json" if json_output else "quiet" if quiet else "rich"
+
+
+# Training runs
+Resume = Annotated[
+    bool,
+    typer.Option(
+        help="Continue the run in --logdir (default: the newest under runs/) from checkpoint_latest.",
+        rich_help_panel=_RUN,
+    ),
+]
+StopAfter = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="End this invocation after N epochs (saving checkpoint_latest); continue later with --resume.",
+        rich_help_panel=_RUN,
+    ),
+]
+PretrainedDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of pretrained weights (reference --pretrained_dir).",
+        rich_help_panel=_MODEL,
+        file_okay=False,
+    ),
+]
+PretrainedModelName = Annotated[
+    str | None,
+    typer.Option(
+        help="File inside --pretrained-dir (reference --pretrained_model_name).", rich_help_panel=_MODEL
+    ),
+]
+
+SavedCheckpoint = Annotated[
+    str | None,
+    typer.Option(
+        help="Reference spelling: ckpt or torchscript; checked against the file (TorchScript still "
+        "needs --trust-torchscript).",
+        rich_help_panel=_MODEL,
+    ),
+]

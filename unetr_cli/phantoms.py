@@ -404,6 +404,19 @@ def _paint(values: np.ndarray, points: np.ndarray, shape: _Shape, value: float) 
         values[index[shape.inside(points[index])]] = value
 
 
+def _scanner_grid(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """A BTCV-like acquisition: 512 x 512 pixels of 0.6-0.98 mm, 2.5-5 mm slices over 26-42 cm."""
+    in_plane = rng.uniform(0.6, 0.98)
+    thickness = rng.uniform(2.5, 5.0)
+    slices = int(round(rng.uniform(260.0, 420.0) / thickness))
+    return (512, 512, slices), (float(in_plane), float(in_plane), float(thickness))
+
+
+def default_grid(seed: int) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The voxel grid (shape, spacing) `make_phantom(seed)` uses when no shape or spacing is given."""
+    return _scanner_grid(np.random.default_rng(seed))
+
+
 def make_phantom(
     seed: int,
     shape: tuple[int, int, int] | None = None,
@@ -425,14 +438,11 @@ def make_phantom(
         noise_hu: standard deviation of the Gaussian image noise.
     """
     rng = np.random.default_rng(seed)
-    in_plane = rng.uniform(0.6, 0.98)
-    thickness = rng.uniform(2.5, 5.0)
-    coverage = rng.uniform(260.0, 420.0)
-    full_shape = (512, 512, int(round(coverage / thickness)))
+    full_shape, full_spacing = _scanner_grid(rng)
     if shape is None:
         shape = full_shape
     if spacing is None:
-        fov = np.array([512 * in_plane, 512 * in_plane, coverage])
+        fov = np.asarray(full_shape) * np.asarray(full_spacing)
         spacing = tuple(float(v) for v in fov / np.asarray(shape))
     if orientation is None:
         orientation = str(rng.choice(["LPS", "LPS", "LPS", "RAS"]))

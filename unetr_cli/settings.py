@@ -106,6 +106,10 @@ class OptimisationSettings(_Group):
     batch_size: int = Field(1, ge=1, description="volumes per step; each yields num_samples crops")
     val_every: int = Field(100, ge=1, description="validate every N epochs")
     amp: bool = Field(True, description="mixed precision: fp16+GradScaler or bf16 on CUDA, bf16 on CPU")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = Field(
+        "auto",
+        description="CUDA autocast type; auto is bf16 where the GPU supports it, else fp16 + GradScaler",
+    )
     loss_smooth_nr: float = Field(0.0, ge=0.0)
     loss_smooth_dr: float = Field(1e-6, ge=0.0)
 
@@ -282,6 +286,16 @@ def resolve_settings(
     except ValidationError as err:
         raise SettingsError(format_validation_error(err)) from None
     return Settings.from_dict(resolved.to_dict())
+
+
+def input_space(stored: dict[str, Any]) -> dict[str, Any]:
+    """The part of stored settings a trained model depends on: its architecture and its input space
+    (spacing and HU window). Other commands take the rest from the user."""
+    data = stored.get("data", {})
+    return {
+        "model": stored.get("model", {}),
+        "data": {k: data[k] for k in ("spacing", "hu_min", "hu_max") if k in data},
+    }
 
 
 def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""Checkpoint safety: atomic writes, weights-only reads, format detection from the bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import invoke
+from tests.test_model import reference_state_dict
+from unetr_cli.checkpoint import atomic_save, detect_format, read_weights, safe_load, save_safetensors
+from unetr_cli.errors import CheckpointError, InputError
+
+
+class _BoobyTrap:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def trapped_checkpoint(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "UNETR_model_best_acc.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": _BoobyTrap(marker)}, path)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_booby_trapped_checkpoint_is_refused_even_when_forced(trapped_checkpoint, monkeypatch):
+    path, marker = trapped_checkpoint
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match=r"refused to load.*io\.open"):
+        read_weights(path)
+    assert not marker.exists()
+
+
+def test_booby_trapped_checkpoint_through_the_cli(trapped_checkpoint, tmp_path):
+    path, marker = trapped_checkpoint
+    result = invoke(
+        "finetune", "--from", path, "--data-dir", tmp_path, env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    )
+    assert result.exit_code == 1
+    assert "refused to load" in result.stderr and "io.open" in result.stderr
+    assert "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def test_reference_trainer_checkpoint_with_numpy_best_acc(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"epoch": 4999, "best_acc": np.float64(0.8213), "state_dict": reference_state_dict()}, path)
+    weights = read_weights(path)
+    assert weights.kind == "reference trainer checkpoint"
+    assert weights.extra == {"epoch": 4999, "best_acc": pytest.approx(0.8213)}
+    assert "vit.patch_embedding.cls_token" in weights.state_dict
+
+
+def test_raw_state_dict_and_safetensors(tmp_path):
+    raw = tmp_path / "UNETR_model_best_acc.pth"
+    torch.save(reference_state_dict(), raw)
+    assert read_weights(raw).kind == "state dict"
+    tensors = tmp_path / "weights.bin"  # the extension does not matter
+    save_safetensors(
+        {"a": torch.ones(3)}, {"settings": {"model": {"feature_size": 8}}, "version": "1"}, tensors
+    )
+    assert detect_format(tensors) == "safetensors"
+    loaded = read_weights(tensors)
+    assert loaded.settings == {"model": {"feature_size": 8}}
+    assert torch.equal(loaded.state_dict["a"], torch.ones(3))
+
+
+def test_torchscript_needs_the_trust_flag(tmp_path):
+    module = torch.jit.script(torch.nn.Linear(2, 2))
+    path = tmp_path / "model.pth"  # misleading extension on purpose
+    module.save(str(path))
+    assert detect_format(path) == "torchscript"
+    with pytest.raises(CheckpointError, match="--trust-torchscript"):
+        read_weights(path)
+    loaded = read_weights(path, trust_torchscript=True)
+    assert torch.equal(loaded.state_dict["weight"], module.weight)
+
+
+def test_not_a_checkpoint_and_truncated_files(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        read_weights(text)
+    good = tmp_path / "good.pth"
+    torch.save(reference_state_dict(), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_weights(truncated)
+    with pytest.raises(InputError, match="file not found"):
+        read_weights(tmp_path / "missing.pth")
+
+
+_SAVER = """
+import sys, torch
+from unetr_cli.checkpoint import atomic_save
+path = sys.argv[1]
+version = 1
+print("ready", flush=True)
+while True:
+    atomic_save({"version": version, "blob": torch.full((4_000_000,), float(version))}, path)
+    version += 1
+"""
+
+
+def test_kill_during_save_never_leaves_a_torn_file(tmp_path):
+    path = tmp_path / "checkpoint_latest.pt"
+    atomic_save({"version": 0, "blob": torch.zeros(4_000_000)}, path)
+    for attempt in range(4):
+        child = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.15 + 0.2 * attempt)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        loaded = safe_load(path)
+        assert torch.all(loaded["blob"] == loaded["version"]), "checkpoint is torn"

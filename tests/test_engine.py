@@ -1,0 +1,215 @@
+"""Training on tiny phantoms: it learns, it resumes exactly, and it leaves a complete run folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import invoke
+from unetr_cli.checkpoint import safe_load
+
+TINY = ("--preset", "tiny-cpu", "--seed", "0")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return safe_load(path)["model"]
+
+
+@pytest.mark.slow
+def test_training_raises_validation_dice(tiny_dataset, tmp_path):
+    from unetr_cli.data import read_datalist, validation_dataset
+    from unetr_cli.engine import validate
+    from unetr_cli.inference import Segmenter
+    from unetr_cli.model import build_model
+    from unetr_cli.settings import settings_from_cli
+
+    settings = settings_from_cli(None, "tiny-cpu", None, data__data_dir=tiny_dataset, runtime__seed=0)
+    torch.manual_seed(0)
+    untrained = Segmenter(build_model(settings.model), settings, torch.device("cpu"))
+    val = validation_dataset(read_datalist(tiny_dataset, "dataset_0.json").validation, settings)
+    _, before = validate(untrained, val, settings)
+
+    result = invoke(
+        "train",
+        *TINY,
+        "--data-dir",
+        tiny_dataset,
+        "--logdir",
+        tmp_path / "run",
+        "--max-epochs",
+        "24",
+        "--val-every",
+        "24",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    after = [e for e in events if e["event"] == "validation"][-1]["mean_dice"]
+    print(f"mean validation Dice: {before:.3f} untrained -> {after:.3f} after 24 epochs")
+    assert after > before + 0.15, (before, after)
+
+
+def test_run_folder_holds_everything(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(
+        "train",
+        *TINY,
+        "--data-dir",
+        tiny_dataset,
+        "--logdir",
+        run,
+        "--max-epochs",
+        "2",
+        "--val-every",
+        "1",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    for name in (
+        "settings.json",
+        "checkpoint_latest.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "metrics.jsonl",
+        "progress.png",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert set(records[0]) >= {"loss", "lr", "seconds", "mean_dice", "dice"} and len(records[0]["dice"]) == 13
+    checkpoint = safe_load(run / "checkpoint_final.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["settings"]["model"]["img_size"] == 32
+    assert {"model", "optimizer", "scaler", "rng", "versions", "best_dice"} <= set(checkpoint)
+    assert json.loads((run / "settings.json").read_text())["runtime"]["seed"] == 0
+
+
+def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "settings.json").write_text("{}")
+    result = invoke("train", *TINY, "--data-dir", tiny_dataset, "--logdir", run, "--max-epochs", "1", "-q")
+    assert result.exit_code == 1
+    assert "holds a run; pass --resume to continue it or --overwrite" in result.stderr
+    assert (run / "settings.json").read_text() == "{}"
+    again = invoke(
+        "train",
+        *TINY,
+        "--data-dir",
+        tiny_dataset,
+        "--logdir",
+        run,
+        "--max-epochs",
+        "1",
+        "-q",
+        "--overwrite",
+        "--val-every",
+        "1",
+    )
+    assert again.exit_code == 0 and (run / "checkpoint_final.pt").exists()
+
+
+def _train_subprocess(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unetr_cli", "train", *args], capture_output=True, text=True)
+
+
+def test_resume_equals_a_straight_run(tiny_dataset, tmp_path):
+    common = [*TINY, "--data-dir", str(tiny_dataset), "--max-epochs", "4", "--val-every", "2", "-q"]
+    straight = _train_subprocess(*common, "--logdir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    first = _train_subprocess(*common, "--logdir", str(tmp_path / "split"), "--stop-after", "2")
+    assert first.returncode == 0, first.stderr
+    assert not (tmp_path / "split" / "checkpoint_final.pt").exists()
+    second = _train_subprocess(*common, "--logdir", str(tmp_path / "split"), "--resume")
+    assert second.returncode == 0, second.stderr
+    a = _weights(tmp_path / "straight" / "checkpoint_final.pt")
+    b = _weights(tmp_path / "split" / "checkpoint_final.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the straight run"
+    straight_log = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    split_log = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in straight_log] == [json.loads(x)["loss"] for x in split_log]
+
+
+def test_resume_with_other_model_settings_is_refused(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        invoke(
+            "train",
+            *TINY,
+            "--data-dir",
+            tiny_dataset,
+            "--logdir",
+            run,
+            "--max-epochs",
+            "2",
+            "--stop-after",
+            "1",
+            "-q",
+        ).exit_code
+        == 0
+    )
+    result = invoke(
+        "train", "--resume", "--logdir", run, "--feature-size", "8", "-s", "model.hidden_size=192", "-q"
+    )
+    assert result.exit_code == 2
+    assert "cannot resume with different model settings" in result.stderr
+    assert "feature_size 8 (run: 16)" in result.stderr and "hidden_size 192 (run: 96)" in result.stderr
+
+
+def test_sigterm_saves_checkpoint_latest(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "unetr_cli",
+            "train",
+            *TINY,
+            "--data-dir",
+            str(tiny_dataset),
+            "--logdir",
+            str(run),
+            "--max-epochs",
+            "500",
+            "--val-every",
+            "500",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in child.stdout:  # wait until a few epochs are done
+        if '"event": "epoch"' in line and json.loads(line)["epoch"] >= 2:
+            break
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode != 0
+    assert "interrupted: saved" in stderr
+    saved = safe_load(run / "checkpoint_latest.pt")
+    assert saved["epoch"] >= 2
+    shutil.rmtree(run)
+
+
+@pytest.mark.parametrize("time_budget", [0.0])
+def test_time_budget_stops_after_one_epoch(tiny_dataset, tmp_path, time_budget):
+    from unetr_cli.console import Reporter
+    from unetr_cli.engine import FitOptions, fit
+    from unetr_cli.rundir import RunDir
+    from unetr_cli.settings import settings_from_cli
+
+    settings = settings_from_cli(None, "tiny-cpu", None, data__data_dir=tiny_dataset, runtime__seed=0)
+    started = time.monotonic()
+    result = fit(settings, RunDir(tmp_path / "run"), Reporter("quiet"), FitOptions(time_budget_s=time_budget))
+    assert result.epochs_done == 1
+    assert result.history[-1]["mean_dice"] is not None  # the last epoch of a run always validates
+    assert time.monotonic() - started < 120

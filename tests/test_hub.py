@@ -1,0 +1,176 @@
+"""`unetr download` against a loopback server that imitates the hub's resolve endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import invoke
+from unetr_cli import hub
+
+COMMIT = "a" * 40
+GOOD = b"unetr weights " * 5000
+GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """HEAD then GET /{repo}/resolve/{revision}/{file}; behaviour chosen by the file name."""
+
+    requests: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _route(self):
+        FakeHub.requests.append(f"{self.command} {self.path}")
+        parts = self.path.split("/resolve/")
+        if len(parts) != 2:
+            return 404, {"X-Error-Code": "RepoNotFound"}, b""
+        repo, rest = parts
+        filename = rest.split("/", 1)[1]
+        if repo != "/unetr-test/btcv":
+            return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, b""
+        if filename == "broken.pth":
+            return 500, {}, b""
+        if filename not in {"model.pth", "truncated.pth", "corrupt.pth", "plain.bin"}:
+            return 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"}, b""
+        body = GOOD
+        if filename == "corrupt.pth":
+            body = bytes([GOOD[0] ^ 1]) + GOOD[1:]  # same size, different bytes
+        etag = GOOD_SHA if filename != "plain.bin" else "w-not-a-sha"
+        headers = {
+            "X-Repo-Commit": COMMIT,
+            "ETag": f'"{etag}"',
+            "Content-Length": str(len(body)),
+            "Accept-Ranges": "bytes",
+        }
+        if filename == "truncated.pth" and self.command == "GET":
+            return 200, headers, body[: len(body) // 3]
+        return 200, headers, body
+
+    def do_HEAD(self):
+        status, headers, _ = self._route()
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def do_GET(self):
+        status, headers, body = self._route()
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+        if "Content-Length" in headers and int(headers["Content-Length"]) > len(body):
+            self.close_connection = True
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "5")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "5")
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the hub client's retry back-off
+    FakeHub.requests = []
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    entry = hub.KnownModel("test-btcv", "unetr-test/btcv", "corrupt.pth", "main", GOOD_SHA, 16, "btcv-13")
+    monkeypatch.setattr(hub, "REGISTRY", {entry.name: entry})
+    return entry
+
+
+def test_download_places_the_file_and_prints_its_path(fake_hub, tmp_path):
+    to = tmp_path / "pretrained_models"
+    result = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", to)
+    assert result.exit_code == 0, result.output
+    assert (to / "model.pth").read_bytes() == GOOD
+    assert str((to / "model.pth").resolve()) in result.stdout
+
+
+def test_cached_file_works_offline(fake_hub, tmp_path, monkeypatch):
+    assert (
+        invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", tmp_path / "a").exit_code
+        == 0
+    )
+    FakeHub.requests = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "model.pth").read_bytes() == GOOD
+    assert FakeHub.requests == []
+
+
+def test_offline_without_cache_says_how_to_fetch(fake_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", tmp_path / "a")
+    assert result.exit_code == 1
+    assert "not in the local cache and HF_HUB_OFFLINE is set" in result.stderr
+    assert "unetr download unetr-test/btcv --filename model.pth" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("repo", "filename", "expected"),
+    [
+        ("unetr-test/nothing", "model.pth", "unetr-test/nothing: repository not found"),
+        ("unetr-test/btcv", "missing.pth", "unetr-test/btcv/missing.pth: no such file in the repository"),
+        ("unetr-test/btcv", "broken.pth", "the hub answered HTTP 500"),
+        ("unetr-test/btcv", "truncated.pth", "download failed"),
+        ("unetr-test/btcv", "corrupt.pth", "sha256 mismatch"),
+    ],
+)
+def test_download_failures_leave_nothing_behind(fake_hub, tmp_path, repo, filename, expected):
+    to = tmp_path / "pretrained_models"
+    result = invoke("download", repo, "--filename", filename, "--to", to)
+    assert result.exit_code == 1, result.output
+    assert expected in result.stderr
+    assert not (to / filename).exists()
+    assert "Traceback" not in result.output
+
+
+def test_registry_entry_is_verified_by_its_sha256(fake_hub, tmp_path, registry):
+    result = invoke("download", "test-btcv", "--to", tmp_path / "m")
+    assert result.exit_code == 1 and "sha256 mismatch" in result.stderr
+    assert not list((tmp_path / "hf").rglob("corrupt.pth"))  # the bad file is gone from the cache too
+    listing = invoke("download", "--list")
+    assert "test-btcv" in listing.stdout and "unetr-test/btcv" in listing.stdout
+
+
+def test_files_without_a_content_hash_are_accepted_by_size(fake_hub, tmp_path):
+    assert (
+        invoke("download", "unetr-test/btcv", "--filename", "plain.bin", "--to", tmp_path / "m").exit_code
+        == 0
+    )
+
+
+def test_empty_registry_points_to_the_official_files():
+    result = invoke("download", "--list")
+    assert result.exit_code == 0
+    assert "no UNETR BTCV weights are published on the Hugging Face hub" in result.stdout
+
+
+def test_missing_parent_of_to(fake_hub, tmp_path):
+    result = invoke(
+        "download", "unetr-test/btcv", "--filename", "model.pth", "--to", tmp_path / "no" / "such"
+    )
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_hub_reference_in_predict_downloads_on_demand(fake_hub, tmp_path):
+    path = hub.fetch_reference("unetr-test/btcv/model.pth")
+    assert Path(path).read_bytes() == GOOD

@@ -1,0 +1,118 @@
+"""`unetr predict` as a user runs it: batches, outputs, sidecars, statistics, previews, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.conftest import invoke, write_scan
+from unetr_cli.phantoms import make_phantom
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scans")
+    for index, orientation in enumerate(("LPS", "RAS", "LAS")):
+        phantom = make_phantom(20 + index, (64, 64, 32), orientation=orientation)
+        write_scan(folder / f"case{index}.nii.gz", phantom.image, phantom.affine)
+    return folder
+
+
+def _predict(checkpoint: Path, *args):
+    return invoke("predict", *args, "--checkpoint", checkpoint, "--device", "cpu")
+
+
+def test_single_scan_gets_label_map_and_sidecars(trained_run, scans, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    result = _predict(
+        trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "--stats", "--preview"
+    )
+    assert result.exit_code == 0, result.output
+    source, written = nib.load(scans / "case0.nii.gz"), nib.load(out)
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert written.get_data_dtype() == np.uint8
+    labels = np.asanyarray(written.dataobj)
+    assert labels.max() <= 13 and (labels == 6).sum() > 0  # the trained model finds the liver
+    sidecar = json.loads((tmp_path / "seg.json").read_text())
+    assert sidecar["labels"]["6"] == "liver" and sidecar["settings"]["model"]["img_size"] == 32
+    assert "6 liver" in (tmp_path / "seg.ctbl").read_text()
+    stats = json.loads((tmp_path / "seg_stats.json").read_text())
+    liver = next(row for row in stats if row["organ"] == "liver")
+    voxel_ml = abs(np.linalg.det(source.affine[:3, :3])) / 1000
+    assert liver["volume_ml"] == pytest.approx((labels == 6).sum() * voxel_ml, rel=1e-3)
+    assert 0 < liver["mean_hu"] < 250
+    assert (tmp_path / "seg_stats.csv").read_text().startswith("label,organ,voxels,volume_ml,mean_hu")
+    assert (tmp_path / "seg_preview.png").stat().st_size > 10_000
+
+
+def test_batch_with_bad_files_goes_on(trained_run, scans, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(scans, inputs)
+    truncated = inputs / "case1.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    (inputs / "notes.nii.gz").write_text("not an image")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), inputs / "flat.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.int16), np.eye(4)), inputs / "two_channels.nii.gz")
+    nan = np.full((16, 16, 16), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), inputs / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), inputs / "huge.nii")
+    header = bytearray((inputs / "huge.nii").read_bytes())
+    struct.pack_into(
+        "<8h", header, 40, 3, 20_000, 20_000, 4_000, 1, 1, 1, 1
+    )  # the dim field, 6.4 TB of voxels
+    (inputs / "huge.nii").write_bytes(bytes(header))
+    out = tmp_path / "out"
+    result = _predict(trained_run / "checkpoint_final.pt", inputs, str(inputs / "*.nii"), "-o", out)
+    assert result.exit_code == 1
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0_seg.nii.gz", "case2_seg.nii.gz"]
+    errors = result.stderr
+    assert "case1.nii.gz: truncated or corrupted data" in errors
+    assert "notes.nii.gz: not a readable NIfTI file" in errors
+    assert "flat.nii.gz: expected a 3D scan, got a 2D image" in errors
+    assert "two_channels.nii.gz: expected a 3D scan, got a 4D with 2 channels" in errors
+    assert "nan.nii.gz: contains 4096 NaN or infinite voxels" in errors
+    assert "huge.nii: header declares (20000, 20000, 4000) voxels" in errors
+    assert "2 written, 0 skipped (existing), 6 failed" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_existing_outputs_are_kept_unless_asked(trained_run, scans, tmp_path):
+    out = tmp_path / "out"
+    checkpoint = trained_run / "checkpoint_final.pt"
+    assert (
+        _predict(checkpoint, scans / "case0.nii.gz", scans / "case1.nii.gz", "-o", out, "-q").exit_code == 0
+    )
+    first = (out / "case0_seg.nii.gz").stat().st_mtime_ns
+    refused = _predict(checkpoint, scans, "-o", out, "-q")
+    assert refused.exit_code == 1 and "2 output(s) exist; pass --overwrite" in refused.stderr
+    resumed = _predict(checkpoint, scans, "-o", out, "--skip-existing", "-q")
+    assert resumed.exit_code == 0 and "1 written, 2 skipped" in resumed.stdout
+    assert (out / "case0_seg.nii.gz").stat().st_mtime_ns == first
+    assert _predict(checkpoint, scans, "-o", out, "--overwrite", "-q").exit_code == 0
+    assert (out / "case0_seg.nii.gz").stat().st_mtime_ns != first
+
+
+def test_missing_input_and_wrong_output_kind(trained_run, scans, tmp_path):
+    checkpoint = trained_run / "checkpoint_final.pt"
+    result = _predict(checkpoint, tmp_path / "nope.nii.gz", "-o", tmp_path / "seg.nii.gz")
+    assert result.exit_code == 1 and "nope.nii.gz: file not found" in result.stderr
+    several = _predict(checkpoint, scans, "-o", tmp_path / "seg.nii.gz")
+    assert several.exit_code == 2 and "-o must be a folder" in several.stderr
+
+
+def test_tta_runs_and_agrees_with_plain_prediction(trained_run, scans, tmp_path):
+    checkpoint = trained_run / "checkpoint_final.pt"
+    assert _predict(checkpoint, scans / "case2.nii.gz", "-o", tmp_path / "a.nii.gz", "-q").exit_code == 0
+    assert (
+        _predict(checkpoint, scans / "case2.nii.gz", "-o", tmp_path / "b.nii.gz", "--tta", "-q").exit_code
+        == 0
+    )
+    a = np.asanyarray(nib.load(tmp_path / "a.nii.gz").dataobj)
+    b = np.asanyarray(nib.load(tmp_path / "b.nii.gz").dataobj)
+    assert (a == b).mean() > 0.9

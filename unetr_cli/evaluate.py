@@ -1,0 +1,265 @@
+"""Scoring segmentations per organ and per case: a model over a datalist split, or label-map folders.
+
+Two spaces: `original` scores on each scan's own grid (what a clinician sees); `resampled` scores in the
+model's resampled and cropped space, the way the reference test.py and training validation do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from unetr_cli.console import Reporter
+from unetr_cli.errors import InputError, UnetrError, UsageError
+from unetr_cli.labels import label_names
+from unetr_cli.metrics import organ_metrics
+from unetr_cli.reports import output_stem
+from unetr_cli.volumes import NIFTI_SUFFIXES, load_volume
+
+
+@dataclass
+class Case:
+    """One thing to score: a truth label map and either a prediction file or an image to predict."""
+
+    name: str
+    truth: Path
+    prediction: Path | None = None
+    image: Path | None = None
+
+
+@dataclass
+class Evaluation:
+    cases: list[dict] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unpaired: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _key(path: Path) -> str:
+    return output_stem(path).name.removesuffix("_seg")
+
+
+def _loose_key(path: Path) -> str:
+    return re.sub(r"^(img|image|images|label|labels|seg|ct)[_-]?", "", _key(path), flags=re.IGNORECASE)
+
+
+def pair_folders(pred_dir: Path, gt_dir: Path) -> tuple[list[Case], list[str], list[str]]:
+    """Pair predictions with truths by name (`x_seg.nii.gz` ~ `x.nii.gz`; `img0001` ~ `label0001`)."""
+    for folder in (pred_dir, gt_dir):
+        if not folder.is_dir():
+            raise InputError(folder, "folder not found")
+    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    truths = sorted(p for p in gt_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    cases, used = [], set()
+    for truth in truths:
+        match = next((p for p in preds if _key(p) == _key(truth) and p not in used), None)
+        match = match or next(
+            (p for p in preds if _loose_key(p) == _loose_key(truth) and p not in used), None
+        )
+        if match is not None:
+            used.add(match)
+            cases.append(Case(_key(truth), truth, prediction=match))
+    unpaired_truth = [str(t) for t in truths if t not in {c.truth for c in cases}]
+    unpaired_pred = [str(p) for p in preds if p not in used]
+    return cases, unpaired_pred, unpaired_truth
+
+
+def datalist_cases(entries: list[dict], pred_dir: Path | None) -> list[Case]:
+    """Cases of a datalist split; with `pred_dir`, each is paired with `<image name>_seg.nii.gz` there."""
+    cases = []
+    for entry in entries:
+        image, truth = Path(entry["image"]), Path(entry["label"])
+        if pred_dir is None:
+            cases.append(Case(_key(image), truth, image=image))
+            continue
+        candidates = [pred_dir / f"{_key(image)}_seg.nii.gz", pred_dir / image.name, pred_dir / truth.name]
+        found = next((c for c in candidates if c.exists()), candidates[0])
+        cases.append(Case(_key(image), truth, prediction=found))
+    return cases
+
+
+def _checked_labels(path: Path, num_classes: int, role: str):
+    labels, info = load_volume(path, dtype=None)
+    if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
+        raise InputError(path, f"the {role} has non-integer label values")
+    ids = np.unique(labels)
+    outside = [int(i) for i in ids if i < 0 or i >= num_classes]
+    if outside:
+        raise InputError(
+            path, f"the {role} has label ids {outside[:8]} outside the label set 0..{num_classes - 1}"
+        )
+    return labels.astype(np.int64, copy=False), info
+
+
+def score_files(case: Case, num_classes: int, empty_as_zero: bool, with_distance: bool = True) -> dict:
+    """Score a prediction file against its truth on the truth's grid."""
+    pred, pred_info = _checked_labels(case.prediction, num_classes, "prediction")
+    truth, truth_info = _checked_labels(case.truth, num_classes, "truth")
+    if pred_info.shape != truth_info.shape:
+        raise InputError(
+            case.prediction,
+            f"shape {pred_info.shape} differs from the truth's {truth_info.shape} ({case.truth})",
+        )
+    if not np.allclose(pred_info.affine, truth_info.affine, atol=1e-3, rtol=1e-4):
+        raise InputError(
+            case.prediction, f"affine differs from the truth's ({case.truth}): they are not on the same grid"
+        )
+    rows = organ_metrics(pred, truth, truth_info.spacing, num_classes, empty_as_zero, with_distance)
+    return _case_record(case, rows, num_classes)
+
+
+def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_distance: bool = True) -> dict:
+    """Predict `case.image` with the shared inference code and score it in `space`."""
+    settings = segmenter.settings
+    classes = settings.model.out_channels
+    if space == "resampled":
+        from monai import transforms as T
+
+        from unetr_cli.data import preprocessing
+
+        _checked_labels(case.truth, classes, "truth")
+        sample = T.Compose(preprocessing(settings))({"image": str(case.image), "label": str(case.truth)})
+        pred = segmenter.labels(sample["image"].as_tensor()[None]).numpy()
+        truth = sample["label"].as_tensor()[0].numpy().round().astype(np.int64)
+        rows = organ_metrics(pred, truth, settings.data.spacing, classes, empty_as_zero, with_distance)
+        return _case_record(case, rows, classes)
+    from unetr_cli.inference import predict_scan
+
+    truth, truth_info = _checked_labels(case.truth, classes, "truth")
+    prediction = predict_scan(case.image, segmenter)
+    if prediction.labels.shape != truth.shape or not np.allclose(
+        prediction.nifti.affine, truth_info.affine, atol=1e-3, rtol=1e-4
+    ):
+        raise InputError(case.truth, f"is not on its image's grid ({case.image})")
+    rows = organ_metrics(prediction.labels, truth, truth_info.spacing, classes, empty_as_zero, with_distance)
+    return _case_record(case, rows, classes)
+
+
+def _case_record(case: Case, rows: list[dict], num_classes: int) -> dict:
+    names = label_names(num_classes)
+    organs = {names[r["label"]]: {k: v for k, v in r.items() if k != "label"} for r in rows}
+    dice = [r["dice"] for r in rows if r["dice"] is not None]
+    return {
+        "case": case.name,
+        "truth": str(case.truth),
+        "prediction": str(case.prediction) if case.prediction else None,
+        "image": str(case.image) if case.image else None,
+        "mean_dice": float(np.mean(dice)) if dice else None,
+        "organs": organs,
+    }
+
+
+def run_cases(cases: list[Case], score, reporter: Reporter) -> Evaluation:
+    """Score every case with `score(case)`; a failing case is reported and skipped."""
+    if not cases:
+        raise UsageError("nothing to evaluate: the split or folder pairing is empty")
+    evaluation = Evaluation()
+    with reporter.progress() as bars:
+        task = bars.add_task("cases", total=len(cases), status="") if bars else None
+        for case in cases:
+            try:
+                record = score(case)
+                evaluation.cases.append(record)
+                reporter.event("case", **{k: v for k, v in record.items() if k != "organs"})
+            except UnetrError as err:
+                evaluation.failed[case.name] = str(err)
+                reporter.warn(f"skipped case {case.name}: {err}")
+            if bars:
+                bars.update(task, advance=1, status=case.name)
+    return evaluation
+
+
+def summarise(evaluation: Evaluation) -> dict:
+    """Mean per organ over cases (ignoring n/a), mean over organs, and mean over cases."""
+    if not evaluation.cases:
+        return {"organs": {}, "mean_dice": None, "cases": 0}
+    organs = list(evaluation.cases[0]["organs"])
+    summary = {}
+    for organ in organs:
+        values = {
+            key: [c["organs"][organ][key] for c in evaluation.cases if c["organs"][organ][key] is not None]
+            for key in ("dice", "hd95_mm", "volume_diff_ml")
+        }
+        summary[organ] = {key: (float(np.mean(v)) if v else None) for key, v in values.items()}
+        summary[organ]["cases"] = len(values["dice"])
+    organ_means = [s["dice"] for s in summary.values() if s["dice"] is not None]
+    case_means = [c["mean_dice"] for c in evaluation.cases if c["mean_dice"] is not None]
+    return {
+        "organs": summary,
+        "mean_dice": float(np.mean(organ_means)) if organ_means else None,
+        "mean_case_dice": float(np.mean(case_means)) if case_means else None,
+        "cases": len(evaluation.cases),
+    }
+
+
+def results_table(summary: dict, title: str):
+    from rich.table import Table
+
+    table = Table(title=f"{title}: {summary['cases']} case(s)", title_justify="left")
+    for column, justify in (
+        ("organ", "left"),
+        ("Dice", "right"),
+        ("HD95 mm", "right"),
+        ("vol. diff ml", "right"),
+        ("cases", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for organ, values in summary["organs"].items():
+        table.add_row(
+            organ,
+            _fmt(values["dice"], 3),
+            _fmt(values["hd95_mm"], 1),
+            _fmt(values["volume_diff_ml"], 1),
+            str(values["cases"]),
+        )
+    table.add_row("[bold]mean over organs[/]", f"[bold]{_fmt(summary['mean_dice'], 3)}[/]", "", "", "")
+    return table
+
+
+def _fmt(value, digits: int) -> str:
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    )
+
+
+def write_results(
+    evaluation: Evaluation, summary: dict, context: dict, json_path: Path | None, csv_path: Path | None
+) -> None:
+    """Every per-case, per-organ number plus the settings and checkpoint used, as JSON and/or CSV."""
+    if json_path is not None:
+        payload = {
+            **context,
+            "summary": summary,
+            "cases": evaluation.cases,
+            "failed": evaluation.failed,
+            "unpaired": evaluation.unpaired,
+        }
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(json_path)
+    if csv_path is not None:
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["case", "organ", "dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_diff_ml"]
+            )
+            for case in evaluation.cases:
+                for organ, m in case["organs"].items():
+                    writer.writerow(
+                        [
+                            case["case"],
+                            organ,
+                            m["dice"],
+                            m["hd95_mm"],
+                            m["volume_pred_ml"],
+                            m["volume_true_ml"],
+                            m["volume_diff_ml"],
+                        ]
+                    )
+        tmp.replace(csv_path)

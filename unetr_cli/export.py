@@ -1,0 +1,160 @@
+"""Export a trained model as TorchScript, ONNX or safetensors, with a parity check against the eager model.
+
+TorchScript uses `torch.jit.script`, which is exact for MONAI's UNETR at any batch size (tracing would bake in
+the example's shapes). The settings and label names travel inside each file, so `unetr predict` can use it
+without flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unetr_cli import __version__
+from unetr_cli.checkpoint import save_safetensors
+from unetr_cli.errors import UnetrError, UsageError
+from unetr_cli.labels import label_names
+from unetr_cli.settings import Settings
+
+TOLERANCE = 1e-3  # max |eager - exported| on logits; fp32 kernels differ by ~1e-5
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    kind: str
+    max_abs_diff: float | None
+    note: str = ""
+
+
+def metadata(settings: Settings) -> dict[str, str]:
+    """What travels with an exported model: settings, label names and the producing version."""
+    return {
+        "settings.json": json.dumps(settings.to_dict()),
+        "labels.json": json.dumps(label_names(settings.model.out_channels)),
+        "unetr_version": __version__,
+    }
+
+
+def _parity_input(settings: Settings, batch: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    size = settings.model.img_size
+    return torch.rand((batch, settings.model.in_channels, size, size, size), generator=generator)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def export_torchscript(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
+    """Script, save, reload from disk, and compare with the eager model on a random window."""
+    model = model.eval()
+    scripted = torch.jit.script(model)
+    extra = metadata(settings)
+    tmp = _temporary(path)
+    try:
+        torch.jit.save(
+            scripted, str(tmp), _extra_files={k: v for k, v in extra.items() if k.endswith(".json")}
+        )
+        reloaded = torch.jit.load(str(tmp), map_location="cpu")  # the file we just wrote ourselves
+        diff = _max_diff(model, lambda x: reloaded(x), _parity_input(settings))
+        _check(diff, path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(path, "TorchScript", diff)
+
+
+def export_onnx(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
+    """ONNX (opset 17) with a dynamic batch axis; checked with onnxruntime when it is installed."""
+    model = model.eval()
+    example = _parity_input(settings)
+    tmp = _temporary(path)
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
+        _add_onnx_metadata(tmp, settings)
+        try:
+            import onnxruntime
+        except ImportError:
+            os.replace(tmp, path)
+            return ExportReport(
+                path,
+                "ONNX",
+                None,
+                "onnxruntime is not installed (pip install 'unetr[onnx]'): parity not checked",
+            )
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        batch = _parity_input(settings, batch=2)  # a different batch size than the export example
+        diff = _max_diff(model, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), batch)
+        _check(diff, path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(path, "ONNX", diff)
+
+
+def export_safetensors(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
+    """Weights only, with settings, labels and version in the JSON header: the safe format for sharing."""
+    save_safetensors(
+        model.state_dict(),
+        {
+            "settings": settings.to_dict(),
+            **{k: v for k, v in metadata(settings).items() if k != "settings.json"},
+        },
+        path,
+    )
+    from unetr_cli.checkpoint import read_weights
+
+    reloaded = read_weights(path)
+    same = all(torch.equal(v, reloaded.state_dict[k]) for k, v in model.state_dict().items())
+    if not same:
+        raise UnetrError(f"{path}: the written weights differ from the model's")
+    return ExportReport(path, "safetensors", 0.0)
+
+
+def _add_onnx_metadata(path: Path, settings: Settings) -> None:
+    try:
+        import onnx
+    except ImportError:  # the model is still valid, it just carries no settings
+        return
+    proto = onnx.load(str(path))
+    for key, value in metadata(settings).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key.removesuffix(".json"), value
+    onnx.save(proto, str(path))
+
+
+@torch.no_grad()
+def _max_diff(model: torch.nn.Module, exported, example: torch.Tensor) -> float:
+    expected = model(example)
+    actual = exported(example)
+    return float(np.abs((expected - actual).numpy()).max())
+
+
+def _check(diff: float, path: Path) -> None:
+    if not diff <= TOLERANCE:
+        raise UnetrError(
+            f"{path}: exported model differs from the eager model by {diff:.3g} (tolerance "
+            f"{TOLERANCE}); nothing was written"
+        )
+
+
+def export_path_kind(torchscript: bool, onnx: bool, safetensors: bool) -> str:
+    chosen = [k for k, v in (("torchscript", torchscript), ("onnx", onnx), ("safetensors", safetensors)) if v]
+    if len(chosen) != 1:
+        raise UsageError("choose exactly one of --torchscript, --onnx, --safetensors")
+    return chosen[0]

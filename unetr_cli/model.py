@@ -1,0 +1,154 @@
+"""Build MONAI's UNETR from settings, and map any accepted state dict onto it.
+
+The official BTCV weights were saved from the reference network, which differs from today's
+`monai.networks.nets.UNETR` by key names only in ways that do not matter for the forward pass:
+- 4 keys it has and MONAI dropped (the unused class token and three unused `conv3` shortcut convolutions);
+- 24 keys MONAI added (`norm_cross_attn`, used only with cross-attention, which UNETR never enables).
+`convert_state_dict` drops exactly the former, fills the latter from the fresh model, strips DDP/compile
+prefixes, and otherwise demands an exact match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from unetr_cli.errors import CheckpointError
+from unetr_cli.settings import ModelSettings
+
+OBSOLETE_REFERENCE_KEYS = re.compile(
+    r"^(vit\.patch_embedding\.cls_token|encoder[23]\.blocks\.\d+\.1\.conv3\.conv\.weight)$"
+)
+NEW_MONAI_KEYS = re.compile(r"^vit\.blocks\.\d+\.norm_cross_attn\.(weight|bias)$")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+HEAD_KEYS = ("out.conv.conv.weight", "out.conv.conv.bias")
+
+
+def build_model(settings: ModelSettings) -> torch.nn.Module:
+    """MONAI's UNETR with the architecture in `settings` (pos_embed maps to MONAI's proj_type)."""
+    from monai.networks.nets import UNETR
+
+    return UNETR(
+        in_channels=settings.in_channels,
+        out_channels=settings.out_channels,
+        img_size=settings.img_size,
+        feature_size=settings.feature_size,
+        hidden_size=settings.hidden_size,
+        mlp_dim=settings.mlp_dim,
+        num_heads=settings.num_heads,
+        proj_type=settings.pos_embed,
+        norm_name=settings.norm_name,
+        conv_block=settings.conv_block,
+        res_block=settings.res_block,
+        dropout_rate=settings.dropout_rate,
+    )
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """`module.x` (DDP) and `_orig_mod.x` (torch.compile) both become `x`."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def describe_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, object]:
+    """The model settings a state dict's tensor shapes reveal (feature size, classes, hidden size, ...)."""
+    found: dict[str, object] = {}
+    if (w := state.get("encoder1.layer.conv1.conv.weight")) is not None and w.ndim == 5:
+        found["feature_size"], found["in_channels"] = int(w.shape[0]), int(w.shape[1])
+    if (w := state.get("out.conv.conv.weight")) is not None and w.ndim == 5:
+        found["out_channels"] = int(w.shape[0])
+    if (w := state.get("vit.patch_embedding.position_embeddings")) is not None and w.ndim == 3:
+        found["hidden_size"] = int(w.shape[2])
+        found["img_size"] = 16 * round(int(w.shape[1]) ** (1 / 3))
+    if (w := state.get("vit.blocks.0.mlp.linear1.weight")) is not None:
+        found["mlp_dim"] = int(w.shape[0])
+    if "vit.patch_embedding.patch_embeddings.1.weight" in state:
+        found["pos_embed"] = "perceptron"
+    elif "vit.patch_embedding.patch_embeddings.weight" in state:
+        found["pos_embed"] = "conv"
+    return found
+
+
+def convert_state_dict(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    reinit_head: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Map `source` (any accepted state dict) onto the keys and shapes of `target` (a fresh model's).
+
+    Args:
+        source: weights from a file; may carry `module.`/`_orig_mod.` prefixes and the reference's keys.
+        target: the state dict of the freshly built model; supplies the keys MONAI added and, with
+            `reinit_head`, the re-initialised output layer.
+        reinit_head: keep the target's output layer (a different label set) instead of the source's.
+
+    Raises:
+        CheckpointError: any other difference, listing missing, unexpected and wrong-shaped keys, with a hint
+            when the cause is a different feature_size, out_channels or other architecture setting.
+    """
+    state = {strip_wrapper_prefixes(k): v for k, v in source.items()}
+    state = {k: v for k, v in state.items() if not (OBSOLETE_REFERENCE_KEYS.match(k) and k not in target)}
+    for key in target:
+        if NEW_MONAI_KEYS.match(key) and key not in state:
+            state[key] = target[key].clone()
+    if reinit_head:
+        for key in HEAD_KEYS:
+            state[key] = target[key].clone()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    wrong_shape = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(_mismatch_message(state, target, missing, unexpected, wrong_shape))
+    return {k: state[k].to(dtype=target[k].dtype) for k in target}
+
+
+def _mismatch_message(state, target, missing, unexpected, wrong_shape) -> str:
+    def listing(keys: list[str], limit: int = 6) -> str:
+        shown = ", ".join(keys[:limit])
+        return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+    parts = ["the weights do not fit the model:"]
+    if wrong_shape:
+        shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in wrong_shape]
+        parts.append(f"{len(wrong_shape)} wrong-shaped ({listing(shapes, 3)})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({listing(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({listing(unexpected)})")
+    file_arch, model_arch = describe_architecture(state), describe_architecture(target)
+    differing = [f"{k}={v} (model: {model_arch[k]})" for k, v in file_arch.items() if model_arch.get(k) != v]
+    if differing:
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {file_arch[k]}" for k in file_arch if model_arch.get(k) != file_arch[k]
+        )
+        hint = f"hint: the file was saved from a model with {', '.join(differing)}; try {flags}"
+        if any(k.startswith("out_channels") for k in differing):
+            hint += " (or keep your label set with --out-channels K --reinit-head)"
+        parts.append(hint)
+    return "\n".join([parts[0], *("  " + p for p in parts[1:])])
+
+
+def load_state(model: torch.nn.Module, source: Mapping[str, torch.Tensor], reinit_head: bool = False) -> None:
+    """Load converted weights into `model` strictly (every key and shape accounted for)."""
+    model.load_state_dict(
+        convert_state_dict(source, model.state_dict(), reinit_head=reinit_head), strict=True
+    )
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside a DDP wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def model_with_weights(settings: ModelSettings, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """A fresh model of `settings` holding `state` (converted and checked by `convert_state_dict`)."""
+    model = build_model(settings)
+    load_state(model, state)
+    return model.eval()

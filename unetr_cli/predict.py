@@ -1,0 +1,141 @@
+"""Batch prediction: expand inputs, plan outputs, segment each scan, write label maps and what goes with them.
+
+One failing case is reported and skipped; the summary at the end says which failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unetr_cli.console import Reporter
+from unetr_cli.errors import InputError, OutputExistsError, UnetrError, UsageError
+from unetr_cli.inference import Segmenter, predict_scan
+from unetr_cli.reports import (
+    organ_statistics,
+    output_stem,
+    write_label_sidecars,
+    write_preview,
+    write_statistics,
+)
+from unetr_cli.volumes import NIFTI_SUFFIXES, is_nifti, save_nifti
+
+
+@dataclass
+class PredictOptions:
+    """What to write besides the label maps, and what to do with existing outputs."""
+
+    stats: bool = False
+    preview: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: dict[Path, str] = field(default_factory=dict)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their NIfTI files) and glob patterns, in order, without duplicates."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
+        elif any(ch in item for ch in "*?[") and not path.exists():
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            if not matches:
+                raise UsageError(f"{item}: the pattern matches no files")
+            found += matches
+        else:
+            found.append(path)  # a missing file is reported per case, like any other bad input
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise UsageError("no input scans: name NIfTI files, a folder of them or a glob pattern")
+    return unique
+
+
+def plan_outputs(inputs: list[Path], output: Path) -> list[Path]:
+    """`-o` is the output file for a single input and a folder (`<name>_seg.nii.gz` each) for several."""
+    single_file = len(inputs) == 1 and output.name.endswith(NIFTI_SUFFIXES) and not output.is_dir()
+    if single_file:
+        return [output]
+    if output.name.endswith(NIFTI_SUFFIXES) and not output.is_dir():
+        raise UsageError(f"-o {output}: with {len(inputs)} inputs, -o must be a folder")
+    names = [f"{output_stem(p).name}_seg.nii.gz" for p in inputs]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise UsageError(
+            f"inputs from different folders share the name(s) {sorted(duplicates)}; predict them separately"
+        )
+    return [output / name for name in names]
+
+
+def check_outputs(outputs: list[Path], options: PredictOptions) -> None:
+    """Refuse before any work when outputs exist and neither --overwrite nor --skip-existing was given."""
+    existing = [p for p in outputs if p.exists()]
+    if existing and not (options.overwrite or options.skip_existing):
+        raise OutputExistsError(
+            existing[0],
+            f"{len(existing)} output(s) exist; pass --overwrite to replace "
+            "them or --skip-existing to keep them",
+        )
+    for path in outputs:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def predict_batch(
+    inputs: list[Path], outputs: list[Path], segmenter: Segmenter, options: PredictOptions, reporter: Reporter
+) -> BatchResult:
+    """Segment every input into its output; a failure is reported and the batch goes on."""
+    result = BatchResult()
+    num_classes = segmenter.settings.model.out_channels
+    with reporter.progress() as bars:
+        task = bars.add_task("scans", total=len(inputs), status="") if bars else None
+        for source, target in zip(inputs, outputs, strict=True):
+            if target.exists() and options.skip_existing:
+                result.skipped.append(target)
+            else:
+                try:
+                    started = time.monotonic()
+                    _predict_one(source, target, segmenter, options, num_classes)
+                    result.written.append(target)
+                    seconds = time.monotonic() - started
+                    reporter.info(f"{source} -> {target} ({seconds:.1f} s)")
+                    reporter.event(
+                        "predicted", input=str(source), output=str(target), seconds=round(seconds, 3)
+                    )
+                except UnetrError as err:
+                    result.failed[source] = str(err)
+                    reporter.warn(f"skipped: {err}")
+                    reporter.event("failed", input=str(source), error=str(err))
+                for note in segmenter.notes:
+                    reporter.warn(note)
+                segmenter.notes.clear()
+            if bars:
+                bars.update(task, advance=1, status=source.name)
+    return result
+
+
+def _predict_one(
+    source: Path, target: Path, segmenter: Segmenter, options: PredictOptions, classes: int
+) -> None:
+    if not source.exists():
+        raise InputError(source, "file not found")
+    if not is_nifti(source):
+        raise InputError(source, "not a NIfTI file (.nii or .nii.gz)")
+    prediction = predict_scan(source, segmenter)
+    affine = prediction.nifti.affine
+    save_nifti(prediction.labels, affine, target, like=prediction.nifti, overwrite=True)
+    write_label_sidecars(target, classes, {"source": str(source), **options.provenance})
+    if options.stats:
+        write_statistics(target, organ_statistics(prediction.labels, prediction.image, affine, classes))
+    if options.preview:
+        write_preview(target, prediction.image, prediction.labels, affine, classes, title=source.name)

@@ -1,0 +1,181 @@
+"""What travels with a label map: label sidecars, organ statistics, and a preview picture."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unetr_cli.labels import label_colour, label_names, slicer_colour_table
+
+
+def output_stem(path: Path) -> Path:
+    """`out/seg.nii.gz` -> `out/seg`, the base name for sidecar files."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return path.with_name(name[: -len(suffix)])
+    return path.with_suffix("")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_label_sidecars(seg_path: Path, num_classes: int, provenance: dict[str, Any]) -> list[Path]:
+    """`<stem>.json` (label ids and names, plus how the map was made) and a 3D Slicer colour table."""
+    stem = output_stem(seg_path)
+    names = label_names(num_classes)
+    sidecar = {
+        "labels": {str(k): v for k, v in names.items()},
+        "colors": {str(k): list(label_colour(k)) for k in names},
+        **provenance,
+    }
+    json_path, table_path = stem.with_suffix(".json"), stem.with_suffix(".ctbl")
+    _atomic_write(json_path, (json.dumps(sidecar, indent=2) + "\n").encode())
+    _atomic_write(table_path, slicer_colour_table(num_classes).encode())
+    return [json_path, table_path]
+
+
+def organ_statistics(
+    labels: np.ndarray, image: np.ndarray, affine: np.ndarray, num_classes: int
+) -> list[dict]:
+    """Volume (ml), voxel count and mean HU of every organ class (absent organs get 0 ml and no HU)."""
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    flat = labels.ravel().astype(np.int64)
+    counts = np.bincount(flat, minlength=num_classes)
+    sums = np.bincount(flat, weights=image.ravel().astype(np.float64), minlength=num_classes)
+    rows = []
+    for label, name in label_names(num_classes).items():
+        if label == 0:
+            continue
+        count = int(counts[label])
+        rows.append(
+            {
+                "label": label,
+                "organ": name,
+                "voxels": count,
+                "volume_ml": round(count * voxel_ml, 3),
+                "mean_hu": round(float(sums[label] / count), 1) if count else None,
+            }
+        )
+    return rows
+
+
+def write_statistics(seg_path: Path, rows: list[dict]) -> list[Path]:
+    """`<stem>_stats.json` and `<stem>_stats.csv`."""
+    stem = output_stem(seg_path)
+    json_path = stem.with_name(stem.name + "_stats.json")
+    csv_path = stem.with_name(stem.name + "_stats.csv")
+    _atomic_write(json_path, (json.dumps(rows, indent=2) + "\n").encode())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(csv_path, buffer.getvalue().encode())
+    return [json_path, csv_path]
+
+
+def write_preview(
+    seg_path: Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    num_classes: int,
+    title: str = "",
+) -> Path:
+    """`<stem>_preview.png`: axial, coronal and sagittal slices through the organs, labels overlaid.
+
+    The arrays are reoriented to RAS first so every scan is shown the same way (radiological convention:
+    patient right on the left of the axial view, anterior up, superior up), with true physical aspect ratios.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    ras_image, ras_labels, spacing = _to_ras(image, labels, affine)
+    organ_voxels = np.argwhere(ras_labels > 0)
+    centre = (
+        organ_voxels.mean(axis=0).round().astype(int)
+        if len(organ_voxels)
+        else np.array(ras_labels.shape) // 2
+    )
+    colours = ListedColormap([np.array(label_colour(k)) / 255.0 for k in range(num_classes)])
+    window = np.clip((ras_image + 160.0) / 400.0, 0, 1)  # abdominal window, W 400 L 40
+    views = [
+        (
+            "axial",
+            window[:, :, centre[2]].T[::-1, ::-1],
+            ras_labels[:, :, centre[2]].T[::-1, ::-1],
+            spacing[1] / spacing[0],
+        ),
+        (
+            "coronal",
+            window[:, centre[1], :].T[::-1, ::-1],
+            ras_labels[:, centre[1], :].T[::-1, ::-1],
+            spacing[2] / spacing[0],
+        ),
+        (
+            "sagittal",
+            window[centre[0], :, :].T[::-1, :],
+            ras_labels[centre[0], :, :].T[::-1, :],
+            spacing[2] / spacing[1],
+        ),
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 5.6), facecolor="black")
+    for axis, (name, gray, overlay, aspect) in zip(axes, views, strict=True):
+        axis.imshow(gray, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="bilinear")
+        axis.imshow(
+            np.ma.masked_equal(overlay, 0),
+            cmap=colours,
+            vmin=0,
+            vmax=num_classes - 1,
+            alpha=0.5,
+            aspect=aspect,
+            interpolation="nearest",
+        )
+        axis.set_title(name, color="white")
+        axis.axis("off")
+    present = [k for k in range(1, num_classes) if np.any(ras_labels == k)]
+    names = label_names(num_classes)
+    figure.legend(
+        handles=[Patch(color=np.array(label_colour(k)) / 255.0, label=names[k]) for k in present],
+        loc="lower center",
+        ncol=min(7, max(1, len(present))),
+        fontsize=8,
+        frameon=False,
+        labelcolor="white",
+    )
+    figure.suptitle(title, color="white")
+    figure.tight_layout(rect=(0, 0.07, 1, 0.95))
+    path = output_stem(seg_path)
+    path = path.with_name(path.name + "_preview.png")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=80, facecolor="black")
+    plt.close(figure)
+    tmp.replace(path)
+    return path
+
+
+def _to_ras(image: np.ndarray, labels: np.ndarray, affine: np.ndarray):
+    """Both arrays reordered and flipped to RAS voxel order, and the voxel spacing in that order."""
+    import nibabel as nib
+
+    transform = nib.orientations.ornt_transform(
+        nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS")
+    )
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)[transform[:, 0].astype(int).argsort()]
+    return (
+        nib.orientations.apply_orientation(image, transform),
+        nib.orientations.apply_orientation(labels, transform),
+        spacing,
+    )

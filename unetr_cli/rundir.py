@@ -1,0 +1,120 @@
+"""The run directory: resolved settings, metrics log, TensorBoard events, progress plot, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from unetr_cli.errors import OutputExistsError, UsageError
+
+LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
+SETTINGS_FILE, METRICS_FILE, PLOT_FILE, TB_DIR = (
+    "settings.json",
+    "metrics.jsonl",
+    "progress.png",
+    "tensorboard",
+)
+RUN_FILES = (LATEST, BEST, FINAL, SETTINGS_FILE, METRICS_FILE, PLOT_FILE)
+
+
+def default_logdir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def holds_run(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in (SETTINGS_FILE, LATEST, FINAL))
+
+
+class RunDir:
+    """One training run's folder. Only the main process creates or writes anything in it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def checkpoint(self, name: str) -> Path:
+        return self.path / name
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to train into a folder that holds a run unless resuming it or told to overwrite it."""
+        if resume:
+            if not (self.path / LATEST).is_file():
+                raise UsageError(f"{self.path}: no {LATEST} to resume from")
+            return
+        if holds_run(self.path):
+            if not overwrite:
+                raise OutputExistsError(
+                    self.path, "it holds a run; pass --resume to continue it or --overwrite to start over"
+                )
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / TB_DIR, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        tmp = self.path / f".{SETTINGS_FILE}.tmp"
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        tmp.replace(self.path / SETTINGS_FILE)
+
+    def read_settings(self) -> dict[str, Any]:
+        return json.loads((self.path / SETTINGS_FILE).read_text())
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.path / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, after_epoch: int) -> None:
+        """Drop records past `after_epoch` (a resumed run redoes those epochs)."""
+        kept = [r for r in self.metrics() if r["epoch"] <= after_epoch]
+        (self.path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def plot_progress(self) -> Path:
+        """Redraw progress.png: training loss, learning rate and validation Dice per epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.metrics()
+        epochs = [r["epoch"] for r in records]
+        validated = [r for r in records if r.get("mean_dice") is not None and not math.isnan(r["mean_dice"])]
+        figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(epochs, [r["loss"] for r in records], color="tab:blue")
+        axes[0].set(title="training loss", xlabel="epoch")
+        axes[1].plot(epochs, [r["lr"] for r in records], color="tab:orange")
+        axes[1].set(title="learning rate", xlabel="epoch")
+        axes[2].plot(
+            [r["epoch"] for r in validated], [r["mean_dice"] for r in validated], "o-", color="tab:green"
+        )
+        axes[2].set(title="validation mean organ Dice", xlabel="epoch", ylim=(0, 1))
+        for axis in axes:
+            axis.grid(alpha=0.3)
+        figure.tight_layout()
+        tmp = self.path / f".{PLOT_FILE}.tmp.png"
+        figure.savefig(tmp, dpi=90)
+        plt.close(figure)
+        tmp.replace(self.path / PLOT_FILE)
+        return self.path / PLOT_FILE
+
+
+def resolve_run_dir(logdir: Path | None, resume: bool) -> RunDir:
+    """The run folder: `logdir`, else for --resume the newest run under runs/, else a new runs/<timestamp>."""
+    if logdir is not None:
+        return RunDir(logdir)
+    if not resume:
+        return RunDir(default_logdir())
+    runs = (
+        sorted(p for p in Path("runs").glob("*") if (p / LATEST).is_file()) if Path("runs").is_dir() else []
+    )
+    if not runs:
+        raise UsageError("--resume: no run with a checkpoint under runs/; name one with --logdir")
+    return RunDir(runs[-1])
