@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import invoke
 from unetr_cli import __version__
 
-COMMANDS = ("train", "finetune", "predict", "evaluate", "export", "download", "synth", "config")
+COMMANDS = ("train", "finetune", "predict", "evaluate", "export", "download", "synth", "config", "demo")
 
 
 def test_help_lists_every_command():

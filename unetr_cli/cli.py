@@ -10,11 +10,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -153,7 +156,7 @@ def config_presets() -> None:
         changes = ", ".join(
             f"{g}.{k}={json.dumps(v)}" for g, vals in read_preset(name).items() for k, v in vals.items()
         )
-        stdout.print(f"[bold]{name}[/]: {changes or '(the defaults)'}", soft_wrap=True)
+        stdout.print(f"[bold]{name}[/]: {escape(changes or '(the defaults)')}", soft_wrap=True)
 
 
 # --- data -------------------------------------------------------------------------------------------------
@@ -268,18 +271,27 @@ def train(
     resume: opt.Resume = False,
     stop_after: opt.StopAfter = None,
     overwrite: opt.Overwrite = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    distributed: opt.Distributed = False,
+    nnodes: opt.Nnodes = None,
+    node_rank: opt.NodeRank = None,
+    rdzv_endpoint: opt.RdzvEndpoint = None,
+    max_restarts: opt.MaxRestarts = None,
+    scale_lr: opt.ScaleLr = None,
     quiet: opt.Quiet = False,
     json_output: opt.JsonOutput = False,
 ) -> None:
     """Train UNETR on a BTCV-layout dataset (datalist JSON + NIfTI volumes) with the reference recipe.
 
     Writes a run folder with settings.json, checkpoint_latest/best/final.pt, metrics.jsonl, TensorBoard
-    events and progress.png. Every case is checked before training starts.
+    events and progress.png. Every case is checked before training starts. With --nproc-per-node N (or
+    --distributed) the command relaunches itself through torchrun, one process per GPU.
 
     Examples:
       unetr train --data-dir /dataset/dataset0 --feature-size 16 --batch-size 1 --lr 1e-4 --max-epochs 5000
       unetr train --data-dir data/phantoms --preset tiny-cpu --logdir runs/tiny
       unetr train --resume --logdir runs/tiny
+      unetr train --data-dir /dataset/dataset0 --nproc-per-node 4 --scale-lr
     """
     from unetr_cli.engine import FitOptions
 
@@ -298,6 +310,7 @@ def train(
         optimisation__batch_size=batch_size,
         optimisation__val_every=val_every,
         optimisation__amp=amp,
+        optimisation__scale_lr=scale_lr,
         inference__infer_overlap=infer_overlap,
         inference__sw_batch_size=sw_batch_size,
         inference__device=device,
@@ -307,7 +320,10 @@ def train(
         runtime__save_checkpoint=save_checkpoint,
     )
     options = FitOptions(resume=resume, overwrite=overwrite, stop_after_epochs=stop_after)
-    _run_training(logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output))
+    launch = _Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
+    _run_training(
+        "train", logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output), launch
+    )
 
 
 @command(app)
@@ -347,6 +363,13 @@ def finetune(
     seed: opt.Seed = None,
     stop_after: opt.StopAfter = None,
     overwrite: opt.Overwrite = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    distributed: opt.Distributed = False,
+    nnodes: opt.Nnodes = None,
+    node_rank: opt.NodeRank = None,
+    rdzv_endpoint: opt.RdzvEndpoint = None,
+    max_restarts: opt.MaxRestarts = None,
+    scale_lr: opt.ScaleLr = None,
     quiet: opt.Quiet = False,
     json_output: opt.JsonOutput = False,
 ) -> None:
@@ -363,7 +386,8 @@ def finetune(
     from unetr_cli.checkpoint import locate_weights, read_weights
     from unetr_cli.engine import FitOptions
 
-    weights = read_weights(locate_weights(from_, pretrained_dir, pretrained_model_name), trust_torchscript)
+    weights_path = locate_weights(from_, pretrained_dir, pretrained_model_name)
+    weights = read_weights(weights_path, trust_torchscript)
     flags = dict(
         model__out_channels=out_channels,
         model__feature_size=feature_size,
@@ -377,6 +401,7 @@ def finetune(
         optimisation__batch_size=batch_size,
         optimisation__val_every=val_every,
         optimisation__amp=amp,
+        optimisation__scale_lr=scale_lr,
         inference__device=device,
         data__workers=workers,
         runtime__seed=seed,
@@ -388,15 +413,70 @@ def finetune(
         reinit_head=reinit_head,
         freeze_encoder=freeze_encoder,
     )
-    _run_training(logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output))
+    launch = _Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
+    worker_flags = ["--from", str(weights_path)] + [
+        flag
+        for flag, on in (
+            ("--trust-torchscript", trust_torchscript),
+            ("--reinit-head", reinit_head),
+            ("--freeze-encoder", freeze_encoder),
+        )
+        if on
+    ]
+    _run_training(
+        "finetune",
+        logdir,
+        config,
+        preset,
+        set_,
+        flags,
+        options,
+        opt.output_mode(quiet, json_output),
+        launch,
+        worker_flags,
+    )
 
 
-def _run_training(logdir, config, preset, assignments, flags, options, mode) -> None:
-    """Resolve the run folder and settings (a resumed run starts from its own), then train."""
+@dataclass
+class _Launch:
+    """How many processes to start through torchrun, and where (nothing to start when all are unset)."""
+
+    nproc_per_node: int | None = None
+    distributed: bool = False
+    nnodes: str | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    max_restarts: int | None = None
+
+    def processes(self) -> int | None:
+        if self.distributed and self.nproc_per_node is None:
+            import torch
+
+            if not torch.cuda.device_count():
+                raise UsageError("--distributed: no GPU is visible; use --nproc-per-node N for CPU processes")
+            return torch.cuda.device_count()
+        return self.nproc_per_node
+
+
+def _run_training(
+    command_name, logdir, config, preset, assignments, flags, options, mode, launch, worker_flags=()
+) -> None:
+    """Resolve the run folder and settings (a resumed run starts from its own), then train here or relaunch
+    through torchrun with the resolved settings."""
+    from unetr_cli import distributed
     from unetr_cli.engine import fit
-    from unetr_cli.rundir import resolve_run_dir
+    from unetr_cli.rundir import LATEST, resolve_run_dir
     from unetr_cli.settings import input_space, settings_from_cli
 
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    processes = launch.processes()
+    if under_torchrun and processes:
+        raise UsageError("already running under torchrun: drop --nproc-per-node/--distributed")
+    if under_torchrun and logdir is None:
+        logdir = Path("runs") / distributed.shared_run_name()
+    if under_torchrun and distributed.restart_count() > 0:  # torchrun restarted the group after a failure
+        options.resume = (Path(logdir) / LATEST).is_file()
+        options.overwrite = not options.resume
     run = resolve_run_dir(logdir, options.resume)
     if options.resume:
         base = run.read_settings()
@@ -406,6 +486,33 @@ def _run_training(logdir, config, preset, assignments, flags, options, mode) -> 
         base = None
     settings = settings_from_cli(config, preset, assignments, base=base, runtime__logdir=run.path, **flags)
     reporter = Reporter(mode)
+    if processes:
+        mode_flags = {"quiet": ["-q"], "json": ["--json"]}.get(mode, [])
+        run_flags = [
+            flag for flag, on in (("--resume", options.resume), ("--overwrite", options.overwrite)) if on
+        ]
+        if options.stop_after_epochs:
+            run_flags += ["--stop-after", str(options.stop_after_epochs)]
+        with tempfile.TemporaryDirectory() as folder:
+            config_file = distributed.write_worker_settings(settings.to_dict(), Path(folder))
+            distributed.launch(
+                [
+                    command_name,
+                    *worker_flags,
+                    "--config",
+                    str(config_file),
+                    "--logdir",
+                    str(run.path),
+                    *run_flags,
+                    *mode_flags,
+                ],
+                processes,
+                launch.nnodes or "1",
+                launch.node_rank or 0,
+                launch.rdzv_endpoint,
+                launch.max_restarts or 0,
+            )
+        return  # rank 0 of the workers has reported the run
     result = fit(settings, run, reporter, options)
     reporter.result(f"run folder: {result.run_dir}  (best mean Dice {result.best_dice:.4f})")
 
@@ -791,10 +898,11 @@ def export(
     parity = "n/a" if report.max_abs_diff is None else f"{report.max_abs_diff:.3g}"
     stdout.print(
         f"wrote {report.path} ({report.kind}); max |eager - exported| on a random "
-        f"{settings.model.img_size}^3 window: {parity}"
+        f"{settings.model.img_size}^3 window: {parity}",
+        markup=False,
     )
     if report.note:
-        stdout.print(f"[yellow]note:[/] {report.note}")
+        stdout.print(f"[yellow]note:[/] {escape(report.note)}")
 
 
 @command(app)
@@ -828,7 +936,7 @@ def download(
     if repo_id is None:
         raise UsageError("name a repository (OWNER/REPO --filename FILE) or use --list")
     path = hub.download(repo_id, filename, revision, to)
-    stdout.print(f"saved {path}")
+    stdout.print(f"saved {path}", markup=False)
     print(path.resolve())
 
 
@@ -846,6 +954,57 @@ def _print_registry(hub) -> None:
             m.name, m.repo_id, m.filename, m.revision, str(m.feature_size), m.label_set, m.sha256[:12]
         )
     stdout.print(table)
+
+
+# --- quick start ------------------------------------------------------------------------------------------
+
+NEXT_STEPS = """next, on real data:
+  unetr train --data-dir /dataset/dataset0 --preset btcv            # the BTCV recipe (GPU)
+  unetr finetune --from pretrained_models/UNETR_model_best_acc.pth --data-dir /dataset/dataset0
+  unetr predict scan.nii.gz -o seg.nii.gz --checkpoint runs/<run>/checkpoint_best.pt --stats --preview
+  unetr evaluate --data-dir /dataset/dataset0 --checkpoint runs/<run>/checkpoint_best.pt"""
+
+
+@command(app)
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for everything the demo writes.", file_okay=False)
+    ] = Path("unetr-demo"),
+    minutes: Annotated[float, typer.Option(min=0.5, help="Upper bound on the training time.")] = 7.5,
+    cases: Annotated[int, typer.Option(min=4, help="Phantoms to generate (1 in 6 held out).")] = 12,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    overwrite: opt.Overwrite = False,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Run the whole job on generated phantoms: synthesise a BTCV-layout dataset, train a small UNETR (the
+    demo preset), score the held-out phantoms per organ, and segment a held-out scan in its own space with
+    organ statistics and a preview picture. About 8 minutes on a 2-core CPU, about one on a GPU.
+
+    Examples:
+      unetr demo
+      unetr demo --out /tmp/unetr-demo --minutes 3 --overwrite
+    """
+    from unetr_cli.demo import run_demo
+
+    reporter = Reporter(opt.output_mode(quiet, json_output))
+    result = run_demo(out, minutes, cases, seed or 0, device or "auto", overwrite, reporter)
+    reporter.event(
+        "demo",
+        mean_dice=result.mean_dice,
+        held_out_dice=result.held_out_dice,
+        epochs=result.epochs,
+        minutes=result.minutes,
+        artefacts={k: str(v) for k, v in result.artefacts.items()},
+    )
+    reporter.result(
+        f"mean organ Dice on the held-out phantoms: {result.mean_dice:.3f} (held-out scan "
+        f"{result.held_out_dice:.3f}) after {result.epochs} epochs, {result.minutes:.1f} minutes in all"
+    )
+    for name, path in result.artefacts.items():
+        reporter.result(f"  {name:17s} {path}")
+    reporter.result(NEXT_STEPS)
 
 
 def main() -> None:

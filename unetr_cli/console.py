@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,13 +35,13 @@ def is_main_process() -> bool:
 
 def error_line(message: str) -> None:
     """The one red line a user sees for a known error."""
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """A yellow warning on stderr (main process only)."""
     if is_main_process():
-        stderr.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 class Reporter:
@@ -54,19 +55,19 @@ class Reporter:
     def shows_progress(self) -> bool:
         return self.enabled and self.mode == "rich"
 
-    def info(self, text: str) -> None:
-        """A human-readable line (suppressed by --quiet and --json)."""
+    def info(self, text: str, markup: bool = False) -> None:
+        """A human-readable line (suppressed by --quiet and --json); `markup` only for our own styling."""
         if self.shows_progress:
-            stdout.print(text, soft_wrap=True)
+            stdout.print(text, soft_wrap=True, markup=markup)
 
     def result(self, text: str) -> None:
         """A line the user asked for (printed with --quiet too, replaced by events with --json)."""
         if self.enabled and self.mode != "json":
-            stdout.print(text, soft_wrap=True)
+            stdout.print(text, soft_wrap=True, markup=False)
 
     def warn(self, text: str) -> None:
         if self.enabled and self.mode != "json":
-            stderr.print(f"[yellow]warning:[/] {text}", soft_wrap=True)
+            stderr.print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)
         self.event("warning", message=text)
 
     def event(self, kind: str, **fields: Any) -> None:

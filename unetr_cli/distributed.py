@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -52,12 +53,34 @@ def init(device: torch.device, timeout_s: int) -> DistEnv:
         return env
     if device.type == "cuda":
         torch.cuda.set_device(env.local_rank)
+    timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend="nccl" if device.type == "cuda" else "gloo",
-        timeout=datetime.timedelta(seconds=timeout_s),
+        store=_attempt_store(env, timeout),
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timeout,
         device_id=torch.device("cuda", env.local_rank) if device.type == "cuda" else None,
     )
     return env
+
+
+def _attempt_store(env: DistEnv, timeout: datetime.timedelta):
+    """The rendezvous store, namespaced by torchrun's restart count.
+
+    After an elastic restart the new workers meet in the same store as the failed ones; without a fresh
+    namespace they read the dead workers' addresses and fail to connect.
+    """
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=env.world_size,
+        is_master=not agent_hosts_store and env.rank == 0,
+        timeout=timeout,
+        multi_tenant=not agent_hosts_store,
+    )
+    return dist.PrefixStore(f"unetr/attempt-{restart_count()}", store)
 
 
 def shutdown() -> None:
@@ -102,3 +125,105 @@ def on_main(function, *args):
     if outcome[0] == "error":
         raise outcome[1]
     return outcome[1]
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this job's workers (0 on the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def shared_run_name() -> str | None:
+    """A run-folder name every rank of a torchrun job agrees on (its rendezvous run id), else None."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return f"torchrun-{run_id}" if run_id and dist_env().is_distributed else None
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics drift apart in each rank's last forward)."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def check_in_sync(model: torch.nn.Module) -> bool:
+    """True when every rank holds the same weights (compares a checksum's min and max over ranks)."""
+    if not dist.is_initialized():
+        return True
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in model.parameters())
+    low = torch.tensor([checksum], dtype=torch.float64)
+    high = low.clone()
+    if next(model.parameters()).is_cuda:
+        low, high = low.cuda(), high.cuda()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(low.item() == high.item())
+
+
+def maybe_inject_fault(epoch: int) -> None:
+    """Testing aid for fault tolerance: `UNETR_FAULT_INJECT=RANK:EPOCH` makes that rank die at the start of
+    that epoch, on the first attempt only, so `--max-restarts` and failure reporting can be exercised."""
+    spec = os.environ.get("UNETR_FAULT_INJECT")
+    if not spec or restart_count() > 0:
+        return
+    rank, _, at_epoch = spec.partition(":")
+    if int(rank) == dist_env().rank and int(at_epoch or 0) == epoch:
+        raise RuntimeError(f"fault injected on rank {rank} at epoch {epoch} (UNETR_FAULT_INJECT)")
+
+
+def launch(
+    worker_args: list[str],
+    nproc_per_node: int,
+    nnodes: str = "1",
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
+) -> None:
+    """Run `python -m unetr_cli WORKER_ARGS` in `nproc_per_node` processes through PyTorch's elastic launcher
+    (`torch.distributed.run`, the code behind `torchrun`), in this process.
+
+    Raises:
+        TrainingError: a rank failed; the message names the first failed rank and its exit code.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from unetr_cli.errors import TrainingError
+
+    args = [
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "--nnodes",
+        str(nnodes),
+        "--max-restarts",
+        str(max_restarts),
+    ]
+    if rdzv_endpoint is None and str(nnodes) == "1":
+        args.append("--standalone")
+    else:
+        if rdzv_endpoint is None:
+            raise TrainingError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        args += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
+    # Share the CPU between the processes instead of torchrun's blanket OMP_NUM_THREADS=1 (and its warning).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    try:
+        run(get_args_parser().parse_args([*args, "-m", "unetr_cli", *worker_args]))
+    except ChildFailedError as err:
+        # The rank that failed on its own, not the ones the launcher then stopped with SIGTERM.
+        rank, failure = min(
+            err.failures.items(), key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0])
+        )
+        detail = f" ({failure.message})" if isinstance(failure.message, str) and failure.message else ""
+        raise TrainingError(
+            f"distributed training failed: rank {rank} (local rank {failure.local_rank}) exited with code "
+            f"{failure.exitcode}{detail}; {len(err.failures)} rank(s) failed, the others were stopped"
+        ) from None
+
+
+def write_worker_settings(settings_dict: dict, folder: Path) -> Path:
+    """The launcher's resolved settings, for the workers to read back with --config."""
+    import json
+
+    path = folder / "settings.json"
+    path.write_text(json.dumps(settings_dict))
+    return path

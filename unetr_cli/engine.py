@@ -54,7 +54,31 @@ class FitResult:
 
 
 class _Stop(Exception):
-    """Raised by the SIGTERM handler so the loop can save before exiting."""
+    """Raised by the loop when a stop signal arrived, so it saves before exiting."""
+
+    def __init__(self, signal_number: int):
+        self.signal_number = signal_number
+        super().__init__(signal_number)
+
+
+class _StopRequest:
+    """Signal handler for SIGTERM and Ctrl-C: the loop stops after the current step and saves.
+
+    Raising from the handler itself could land inside a data transform, which would wrap it; a second Ctrl-C
+    still interrupts at once.
+    """
+
+    def __init__(self):
+        self.signal_number: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal_number is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+
+    def check(self) -> None:
+        if self.signal_number is not None:
+            raise _Stop(self.signal_number)
 
 
 def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions | None = None) -> FitResult:
@@ -94,6 +118,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
     if device.type == "cuda" and settings.optimisation.amp and settings.optimisation.amp_dtype != "auto":
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[settings.optimisation.amp_dtype]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    base_lr = settings.optimisation.lr * (env.world_size if settings.optimisation.scale_lr else 1)
     optimizer = _optimizer(model, settings)
     loss_fn = _loss(settings)
 
@@ -123,6 +148,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
         env,
         device,
         amp_dtype,
+        base_lr,
         len(datalist.training),
         len(datalist.validation),
         steps_per_epoch,
@@ -131,9 +157,13 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
 
     # --- the loop ------------------------------------------------------------------------------------------
     started = time.monotonic()
+    completed_steps = state["step"]
     last_dice = math.nan
     first_epoch = state["epoch"]
-    previous_handler = signal.signal(signal.SIGTERM, _raise_stop) if main else None
+    stop_request = _StopRequest()
+    previous_handlers = (
+        {sig: signal.signal(sig, stop_request) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    )
     try:
         with reporter.progress() as bars:
             epoch_bar = (
@@ -143,6 +173,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
             )
             step_bar = bars.add_task("steps", total=steps_per_epoch, status="") if bars else None
             for epoch in range(first_epoch, opt.max_epochs):
+                distributed.maybe_inject_fault(epoch + 1)
                 _reseed(seed, epoch, env.rank, train_set)
                 loader.sampler.set_epoch(epoch)
                 trained.train()
@@ -153,7 +184,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                     lr = learning_rate(
                         opt.lrschedule,
                         step_position(state["step"], steps_per_epoch),
-                        opt.lr,
+                        base_lr,
                         opt.warmup_epochs,
                         opt.max_epochs,
                     )
@@ -172,13 +203,14 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                     state["step"] += 1
                     if bars:
                         bars.update(step_bar, advance=1, status=f"loss {losses[-1]:.4f}  lr {lr:.2e}")
+                    stop_request.check()
                 epoch_loss = _mean_loss(losses, device)
                 if not math.isfinite(epoch_loss):
                     raise TrainingError(
                         f"training diverged: the loss is {epoch_loss} in epoch {epoch + 1}; "
                         "lower --lr or train with --no-amp"
                     )
-                state["epoch"] = epoch + 1
+                state["epoch"], completed_steps = epoch + 1, state["step"]
                 record = {
                     "epoch": epoch + 1,
                     "step": state["step"],
@@ -188,6 +220,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                 }
                 last_epoch = _last_epoch_of_run(epoch, opt.max_epochs, first_epoch, options, started)
                 if val_set is not None and ((epoch + 1) % opt.val_every == 0 or last_epoch):
+                    distributed.broadcast_buffers(model)  # validate exactly the weights rank 0 saves
                     per_organ, last_dice = validate(
                         Segmenter(unwrap(trained), settings, device), val_set, settings
                     )
@@ -213,25 +246,37 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                 if last_epoch:
                     break
     except (KeyboardInterrupt, _Stop) as stop:
+        state["step"] = completed_steps  # a resumed run redoes the unfinished epoch from its first step
         _save(run.checkpoint(LATEST), model, optimizer, scaler, state, settings, sync=False)
-        signal_number = signal.SIGTERM if isinstance(stop, _Stop) else signal.SIGINT
+        signal_number = stop.signal_number if isinstance(stop, _Stop) else signal.SIGINT
         raise Interrupted(
             f"interrupted: saved {run.checkpoint(LATEST)} at epoch {state['epoch']}; continue with "
             f"unetr train --resume --logdir {run.path}",
             int(signal_number),
         ) from None
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
         if writer is not None:
             writer.close()
 
     _save(run.checkpoint(LATEST), model, optimizer, scaler, state, settings)
     if state["epoch"] >= opt.max_epochs:
         _save(run.checkpoint(FINAL), model, optimizer, scaler, state, settings)
+    in_sync = distributed.check_in_sync(model)
     if main:
         run.plot_progress()
+    reporter.event(
+        "finish",
+        epochs=state["epoch"],
+        best_dice=state["best_dice"],
+        last_dice=last_dice,
+        world_size=env.world_size,
+        ranks_in_sync=in_sync,
+    )
     distributed.shutdown()
+    if not in_sync:
+        raise TrainingError("the ranks ended with different weights; the run is not trustworthy")
     return FitResult(run.path, state["epoch"], state["best_dice"], last_dice, run.metrics() if main else [])
 
 
@@ -302,10 +347,6 @@ def _mean_loss(losses: list[float], device: torch.device) -> float:
     total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
     distributed.all_reduce_sum(total)
     return float(total[0] / max(total[1], 1))
-
-
-def _raise_stop(signum, frame) -> None:
-    raise _Stop()
 
 
 def _round(value: float) -> float | None:
@@ -423,20 +464,22 @@ def _check_data(cases: list[dict], settings: Settings, reporter: Reporter) -> No
         )
 
 
-def _announce(reporter, settings, env, device, amp_dtype, n_train, n_val, steps, start_epoch) -> None:
+def _announce(reporter, settings, env, device, amp_dtype, lr, n_train, n_val, steps, start_epoch) -> None:
     opt = settings.optimisation
+    scaled = f" = {opt.lr:g} x {env.world_size} processes (--scale-lr)" if lr != opt.lr else ""
     crops = opt.batch_size * settings.data.num_samples
     precision = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}.get(
         amp_dtype, "fp32"
     )
     reporter.info(
         f"[bold]unetr train[/]: {n_train} training / {n_val} validation volumes, {steps} steps per epoch, "
-        f"{env.world_size} process(es) on {device}, {precision}"
+        f"{env.world_size} process(es) on {device}, {precision}",
+        markup=True,
     )
     reporter.info(
         f"effective batch {crops * env.world_size} crops of {settings.roi_size}^3 "
         f"({opt.batch_size} volume(s) x {settings.data.num_samples} crops x {env.world_size} process(es)), "
-        f"lr {opt.lr:g} ({opt.lrschedule}), epochs {start_epoch}..{opt.max_epochs}"
+        f"lr {lr:g}{scaled} ({opt.lrschedule}), epochs {start_epoch}..{opt.max_epochs}"
     )
     reporter.event(
         "start",
@@ -447,7 +490,7 @@ def _announce(reporter, settings, env, device, amp_dtype, n_train, n_val, steps,
         device=str(device),
         precision=precision,
         effective_batch=crops * env.world_size,
-        lr=opt.lr,
+        lr=lr,
         start_epoch=start_epoch,
     )
 

@@ -92,18 +92,22 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray, spacing) -> float | None:
     masks' joint bounding box); None when either mask is empty."""
     if not pred.any() or not truth.any():
         return None
+    import warnings
+
     from monai.metrics import compute_hausdorff_distance
 
     both = np.argwhere(pred | truth)
     low, high = np.maximum(both.min(axis=0) - 1, 0), both.max(axis=0) + 2
     box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-    distance = compute_hausdorff_distance(
-        torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None],
-        torch.from_numpy(np.ascontiguousarray(truth[box]))[None, None],
-        include_background=True,
-        percentile=95,
-        spacing=[float(s) for s in spacing],
-    )
+    with warnings.catch_warnings():  # MONAI warns about its own internal default change
+        warnings.simplefilter("ignore", FutureWarning)
+        distance = compute_hausdorff_distance(
+            torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None],
+            torch.from_numpy(np.ascontiguousarray(truth[box]))[None, None],
+            include_background=True,
+            percentile=95,
+            spacing=[float(s) for s in spacing],
+        )
     return float(distance.item())
 
 

@@ -30,7 +30,7 @@ def build_model(settings: ModelSettings) -> torch.nn.Module:
     """MONAI's UNETR with the architecture in `settings` (pos_embed maps to MONAI's proj_type)."""
     from monai.networks.nets import UNETR
 
-    return UNETR(
+    model = UNETR(
         in_channels=settings.in_channels,
         out_channels=settings.out_channels,
         img_size=settings.img_size,
@@ -44,6 +44,12 @@ def build_model(settings: ModelSettings) -> torch.nn.Module:
         res_block=settings.res_block,
         dropout_rate=settings.dropout_rate,
     )
+    # UNETR never enables cross-attention, so these norms never get a gradient; freezing them spares DDP
+    # from searching for unused parameters at every step.
+    for name, parameter in model.named_parameters():
+        if NEW_MONAI_KEYS.match(name):
+            parameter.requires_grad_(False)
+    return model
 
 
 def strip_wrapper_prefixes(key: str) -> str:

@@ -165,7 +165,7 @@ Checkpoint = Annotated[
         "--checkpoint",
         "--from",
         help="Weights: checkpoint, reference state dict, safetensors, TorchScript "
-        "(with --trust-torchscript) or hub:REPO[/FILE].",
+        "(with --trust-torchscript) or hub:OWNER/REPO/FILE.",
         rich_help_panel=_MODEL,
     ),
 ]
@@ -220,5 +220,40 @@ SavedCheckpoint = Annotated[
         help="Reference spelling: ckpt or torchscript; checked against the file (TorchScript still "
         "needs --trust-torchscript).",
         rich_help_panel=_MODEL,
+    ),
+]
+
+# Distributed launch (torchrun, in-process)
+_DIST = "Distributed"
+NprocPerNode = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Processes on this node (one per GPU); relaunches through torchrun.",
+        rich_help_panel=_DIST,
+    ),
+]
+Distributed = Annotated[
+    bool, typer.Option(help="One process per visible GPU (reference --distributed).", rich_help_panel=_DIST)
+]
+Nnodes = Annotated[
+    str | None, typer.Option(help="Nodes, or MIN:MAX for elastic jobs.", rich_help_panel=_DIST)
+]
+NodeRank = Annotated[int | None, typer.Option(help="This node's rank (multi-node).", rich_help_panel=_DIST)]
+RdzvEndpoint = Annotated[
+    str | None, typer.Option(help="HOST:PORT every node meets at (multi-node).", rich_help_panel=_DIST)
+]
+MaxRestarts = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Restart the group this often when a rank dies; it resumes from checkpoint_latest.",
+        rich_help_panel=_DIST,
+    ),
+]
+ScaleLr = Annotated[
+    bool | None,
+    typer.Option(
+        "--scale-lr/--no-scale-lr", help="Multiply --lr by the number of processes.", rich_help_panel=_DIST
     ),
 ]

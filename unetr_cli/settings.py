@@ -110,6 +110,7 @@ class OptimisationSettings(_Group):
         "auto",
         description="CUDA autocast type; auto is bf16 where the GPU supports it, else fp16 + GradScaler",
     )
+    scale_lr: bool = Field(False, description="multiply lr by the number of processes (reference advice)")
     loss_smooth_nr: float = Field(0.0, ge=0.0)
     loss_smooth_dr: float = Field(1e-6, ge=0.0)
 
