@@ -120,3 +120,16 @@ def test_output_keeps_qform_and_sform_codes(tmp_path, segmenter):
     written = nib.load(out)
     assert written.header["qform_code"] == 1 and written.header["sform_code"] == 4
     assert np.allclose(written.affine, phantom.affine)
+
+
+def test_axis_by_axis_path_equals_the_general_path():
+    from unetr_cli.inference import _positions, _VotingGrid
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random((14, 11, 9)) * 4).astype(np.uint8)
+    source = np.diag([1.5, 1.5, 2.0, 1.0])
+    target = np.array([[0.0, -0.9, 0.0, 14.0], [0.7, 0.0, 0.0, -2.0], [0.0, 0.0, 1.3, 0.5], [0, 0, 0, 1.0]])
+    shape = (20, 26, 17)
+    mapping = np.linalg.inv(source) @ target
+    general = _VotingGrid(labels).sample_positions(_positions(mapping, shape, 0, shape[2]))
+    assert np.array_equal(resample_labels(labels, source, shape, target), general)

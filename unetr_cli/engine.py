@@ -8,6 +8,7 @@ augmentations are reseeded from (seed, epoch, rank) at every epoch, so a run res
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import signal
@@ -221,8 +222,9 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                 last_epoch = _last_epoch_of_run(epoch, opt.max_epochs, first_epoch, options, started)
                 if val_set is not None and ((epoch + 1) % opt.val_every == 0 or last_epoch):
                     distributed.broadcast_buffers(model)  # validate exactly the weights rank 0 saves
+                    # On a copy, tuned for inference exactly as `unetr evaluate` would tune it.
                     per_organ, last_dice = validate(
-                        Segmenter(unwrap(trained), settings, device), val_set, settings
+                        Segmenter(copy.deepcopy(unwrap(trained)), settings, device), val_set, settings
                     )
                     record["mean_dice"] = last_dice
                     record["dice"] = {names[i + 1]: _round(d) for i, d in enumerate(per_organ)}

@@ -120,10 +120,17 @@ class InferenceSettings(_Group):
 
     roi_size: int | None = Field(None, description="window size; UNETR needs model.img_size (the default)")
     infer_overlap: float = Field(0.5, ge=0.0, lt=1.0)
-    sw_batch_size: int = Field(4, ge=1)
+    sw_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="windows per forward pass; default 4 on GPU, 1 on CPU (fastest there, measured)",
+    )
     blend_mode: Literal["gaussian", "constant"] = "gaussian"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     amp: bool = Field(True, description="autocast during inference where the hardware supports it")
+    channels_last: bool | None = Field(
+        None, description="channels_last_3d memory format; default on for bf16 on CPU (8% faster, measured)"
+    )
     tta: bool = Field(False, description="average over the 8 axis-flip combinations")
 
     @field_validator("device")

@@ -1,0 +1,105 @@
+"""Shared helpers for the benchmarks: timed child processes with peak RSS, test scans, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT / ".data"
+
+
+def run_measured(command: list[str], env: dict | None = None) -> dict:
+    """Run a command in a child process; return wall seconds, the child's peak RSS (MB) and its output."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    stdout, stderr = child.stdout.read(), child.stderr.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({code}):\n{stderr[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024.0, "stdout": stdout, "stderr": stderr}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def benchmark_scan(slices: int = 200, seed: int = 1) -> Path:
+    """A 512 x 512 x `slices` phantom CT, int16, 0.8 x 0.8 x 2.5 mm, stored LPS (cached)."""
+    path = DATA / f"scan_512x512x{slices}.nii.gz"
+    if not path.exists():
+        from unetr_cli.phantoms import make_phantom
+        from unetr_cli.volumes import save_nifti
+
+        phantom = make_phantom(seed, (512, 512, slices), spacing=(0.8, 0.8, 2.5), orientation="LPS")
+        save_nifti(phantom.image, phantom.affine, path)
+        save_nifti(phantom.label, phantom.affine, path.with_name(path.name.replace("scan_", "truth_")))
+    return path
+
+
+def standard_checkpoint() -> Path:
+    """The standard BTCV architecture with random weights (seed 0), as a unetr checkpoint (cached)."""
+    path = DATA / "standard_random.pt"
+    if not path.exists():
+        import torch
+
+        from unetr_cli.checkpoint import CHECKPOINT_FORMAT, atomic_save
+        from unetr_cli.model import build_model
+        from unetr_cli.settings import resolve_settings
+
+        settings = resolve_settings(preset="btcv")
+        torch.manual_seed(0)
+        atomic_save({"format": CHECKPOINT_FORMAT, "model": build_model(settings.model).state_dict(),
+                     "settings": settings.to_dict()}, path)
+    return path
+
+
+def trained_checkpoint() -> Path:
+    """A model trained by `unetr demo` (cached): meaningful labels for agreement checks."""
+    path = DATA / "demo" / "run" / "checkpoint_latest.pt"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "unetr_cli", "demo", "--out", str(DATA / "demo"), "--overwrite",
+                        "-q"], check=True)
+    return path
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import monai
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": str(torch.__version__), "monai": monai.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Save a benchmark's numbers as JSON next to the scripts (results/NAME.json)."""
+    folder = ROOT / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    return path
+
+
+def mean_dice(a: Path, b: Path) -> float:
+    """Mean organ Dice between two label maps on the same grid (organs present in either)."""
+    import numpy as np
+
+    from unetr_cli.metrics import organ_dice
+    from unetr_cli.volumes import load_volume
+
+    first, _ = load_volume(a, dtype=None)
+    second, _ = load_volume(b, dtype=None)
+    return float(np.nanmean(organ_dice(first.astype(np.int64), second.astype(np.int64), 14)))
