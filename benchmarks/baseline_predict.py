@@ -14,10 +14,14 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scan", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a unetr checkpoint (architecture inside)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="a unetr checkpoint (architecture inside)"
+    )
     args = parser.parse_args()
 
     import nibabel as nib
@@ -33,23 +37,29 @@ def main() -> None:
     settings = Settings.from_dict(weights.settings)
     model = model_with_weights(settings.model, weights.state_dict)
     data = settings.data
-    pre = T.Compose([
-        T.LoadImaged(keys="image"),
-        T.EnsureChannelFirstd(keys="image"),
-        T.Orientationd(keys="image", axcodes="RAS"),
-        T.Spacingd(keys="image", pixdim=data.spacing, mode="bilinear"),
-        T.ScaleIntensityRanged(keys="image", a_min=data.hu_min, a_max=data.hu_max, b_min=0.0, b_max=1.0, clip=True),
-        T.CropForegroundd(keys="image", source_key="image"),
-    ])
+    pre = T.Compose(
+        [
+            T.LoadImaged(keys="image"),
+            T.EnsureChannelFirstd(keys="image"),
+            T.Orientationd(keys="image", axcodes="RAS"),
+            T.Spacingd(keys="image", pixdim=data.spacing, mode="bilinear"),
+            T.ScaleIntensityRanged(
+                keys="image", a_min=data.hu_min, a_max=data.hu_max, b_min=0.0, b_max=1.0, clip=True
+            ),
+            T.CropForegroundd(keys="image", source_key="image"),
+        ]
+    )
     sample = pre({"image": str(args.scan)})
     roi = (settings.model.img_size,) * 3
     with torch.no_grad():
         logits = sliding_window_inference(sample["image"][None], roi, 4, model, overlap=0.5, mode="constant")
     sample["pred"] = torch.softmax(logits, dim=1)[0]
-    post = T.Compose([
-        T.Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
-        T.AsDiscreted(keys="pred", argmax=True),
-    ])
+    post = T.Compose(
+        [
+            T.Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+            T.AsDiscreted(keys="pred", argmax=True),
+        ]
+    )
     labels = post(sample)["pred"][0].numpy().astype("uint8")
     source = nib.load(str(args.scan))
     nib.save(nib.Nifti1Image(labels, source.affine, source.header), str(args.output))

@@ -24,18 +24,22 @@ def _windows(settings, count: int):
     image, info = load_volume(benchmark_scan(200))
     volume = preprocess_scan(image, info.affine, settings).as_tensor()
     size, (_, x, y, z) = settings.model.img_size, volume.shape
-    starts = [(x // 2 - size // 2 + dx, y // 2 - size // 2, z // 2 - size // 2 + dz) for dx in (-40, 0, 40)
-              for dz in (-50, 0, 50)][:count]
+    starts = [
+        (x // 2 - size // 2 + dx, y // 2 - size // 2, z // 2 - size // 2 + dz)
+        for dx in (-40, 0, 40)
+        for dz in (-50, 0, 50)
+    ][:count]
     return torch.stack([volume[:, a : a + size, b : b + size, c : c + size] for a, b, c in starts])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-compile", action="store_true")
     args = parser.parse_args()
 
-    import numpy as np
     import torch
 
     from unetr_cli.checkpoint import read_weights
@@ -100,7 +104,6 @@ def main() -> None:
     fastest = min(rows, key=lambda r: r["seconds_per_window"])
     print(f"fastest: {fastest['variant']}")
     write_result("options", {"rows": rows, "repeats": args.repeats, "windows": len(windows)})
-    del np
 
 
 def _onnxruntime(model, settings):
@@ -111,8 +114,15 @@ def _onnxruntime(model, settings):
 
     path = tempfile.mkdtemp() + "/unetr.onnx"
     example = torch.zeros(1, 1, *(settings.model.img_size,) * 3)
-    torch.onnx.export(model, (example,), path, dynamo=False, opset_version=17, input_names=["image"],
-                      dynamic_axes={"image": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+    )
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
     def run(x):

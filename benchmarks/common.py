@@ -18,8 +18,9 @@ DATA = ROOT / ".data"
 def run_measured(command: list[str], env: dict | None = None) -> dict:
     """Run a command in a child process; return wall seconds, the child's peak RSS (MB) and its output."""
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, **(env or {})})
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
     stdout, stderr = child.stdout.read(), child.stderr.read()
@@ -58,8 +59,14 @@ def standard_checkpoint() -> Path:
 
         settings = resolve_settings(preset="btcv")
         torch.manual_seed(0)
-        atomic_save({"format": CHECKPOINT_FORMAT, "model": build_model(settings.model).state_dict(),
-                     "settings": settings.to_dict()}, path)
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": build_model(settings.model).state_dict(),
+                "settings": settings.to_dict(),
+            },
+            path,
+        )
     return path
 
 
@@ -67,8 +74,10 @@ def trained_checkpoint() -> Path:
     """A model trained by `unetr demo` (cached): meaningful labels for agreement checks."""
     path = DATA / "demo" / "run" / "checkpoint_latest.pt"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "unetr_cli", "demo", "--out", str(DATA / "demo"), "--overwrite",
-                        "-q"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "unetr_cli", "demo", "--out", str(DATA / "demo"), "--overwrite", "-q"],
+            check=True,
+        )
     return path
 
 
@@ -77,11 +86,22 @@ def machine() -> dict:
     import monai
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": str(torch.__version__), "monai": monai.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "monai": monai.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def write_result(name: str, result: dict) -> Path:

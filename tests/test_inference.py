@@ -133,3 +133,34 @@ def test_axis_by_axis_path_equals_the_general_path():
     mapping = np.linalg.inv(source) @ target
     general = _VotingGrid(labels).sample_positions(_positions(mapping, shape, 0, shape[2]))
     assert np.array_equal(resample_labels(labels, source, shape, target), general)
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_probability_resampling_equals_full_trilinear_interpolation(oblique):
+    """Only disagreeing neighbourhoods are interpolated, yet the result is the classical one everywhere."""
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(4, 10, 9, 8)) * 3
+    logits[1, 2:7, 2:7, 2:6] += 6  # an organ, so most neighbourhoods agree
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    labels = probabilities.argmax(axis=0).astype(np.uint8)
+    source = np.diag([2.0, 2.0, 3.0, 1.0])
+    target = np.diag([0.7, -0.9, 1.1, 1.0])
+    target[1, 3] = 16.0
+    if oblique:
+        angle = np.radians(9)
+        target[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                                   [0, 0, 1]]) @ target[:3, :3]
+    shape = (24, 20, 22)
+    result = resample_labels(labels, source, shape, target, probabilities=probabilities)
+
+    padded = np.pad(probabilities, ((0, 0), (1, 1), (1, 1), (1, 1)))
+    padded[0][np.pad(np.zeros(labels.shape, bool), 1, constant_values=True)] = 1.0
+    mapping = np.linalg.inv(source) @ target
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1) @ mapping[:3, :3].T
+    positions = (grid + mapping[:3, 3] + 1.0).reshape(-1, 3).T
+    inside = np.all((positions >= 0) & (positions <= np.array(padded.shape[1:])[:, None] - 1), axis=0)
+    interpolated = np.stack([map_coordinates(channel, positions, order=1, mode="nearest") for channel in padded])
+    expected = np.where(inside, interpolated.argmax(axis=0), 0).reshape(shape)
+    assert np.array_equal(result, expected)

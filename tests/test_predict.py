@@ -59,6 +59,7 @@ def test_batch_with_bad_files_goes_on(trained_run, scans, tmp_path):
     (inputs / "notes.nii.gz").write_text("not an image")
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), inputs / "flat.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.int16), np.eye(4)), inputs / "two_channels.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((0, 8, 8), np.int16), np.eye(4)), inputs / "empty.nii.gz")
     nan = np.full((16, 16, 16), np.nan, np.float32)
     nib.save(nib.Nifti1Image(nan, np.eye(4)), inputs / "nan.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), inputs / "huge.nii")
@@ -77,8 +78,9 @@ def test_batch_with_bad_files_goes_on(trained_run, scans, tmp_path):
     assert "flat.nii.gz: expected a 3D scan, got a 2D image" in errors
     assert "two_channels.nii.gz: expected a 3D scan, got a 4D with 2 channels" in errors
     assert "nan.nii.gz: contains 4096 NaN or infinite voxels" in errors
+    assert "empty.nii.gz: has an empty axis (shape (0, 8, 8))" in errors
     assert "huge.nii: header declares (20000, 20000, 4000) voxels" in errors
-    assert "2 written, 0 skipped (existing), 6 failed" in result.stdout
+    assert "2 written, 0 skipped (existing), 7 failed" in result.stdout
     assert "Traceback" not in result.output
 
 

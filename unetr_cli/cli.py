@@ -563,6 +563,7 @@ def predict(
     sw_batch_size: opt.SwBatchSize = None,
     mode: opt.BlendMode = None,
     tta: opt.Tta = None,
+    resample: opt.Resample = None,
     amp: opt.InferAmp = None,
     device: opt.Device = None,
     stats: Annotated[
@@ -622,6 +623,7 @@ def predict(
         inference__sw_batch_size=sw_batch_size,
         inference__blend_mode=mode,
         inference__tta=tta,
+        inference__resample=resample,
         inference__amp=amp,
         inference__device=device,
     )
@@ -712,6 +714,7 @@ def evaluate(
     sw_batch_size: opt.SwBatchSize = None,
     mode: opt.BlendMode = None,
     tta: opt.Tta = None,
+    resample: opt.Resample = None,
     amp: opt.InferAmp = None,
     device: opt.Device = None,
     config: opt.Config = None,
@@ -745,6 +748,7 @@ def evaluate(
         inference__sw_batch_size=sw_batch_size,
         inference__blend_mode=mode,
         inference__tta=tta,
+        inference__resample=resample,
         inference__amp=amp,
         inference__device=device,
         data__data_dir=data_dir,

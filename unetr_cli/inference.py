@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from unetr_cli.errors import UsageError
+from unetr_cli.model import for_inference
 from unetr_cli.settings import Settings
 
 
@@ -71,7 +72,7 @@ class Segmenter:
         if channels_last is None:
             channels_last = device.type == "cpu" and self.dtype == torch.bfloat16
         self.channels_last = bool(channels_last)
-        self.model = model.to(device).eval()
+        self.model = for_inference(model).to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)
         self.aggregate_on_cpu = False
@@ -134,7 +135,8 @@ class Segmenter:
     def _forward(self, windows: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             windows = windows.contiguous(memory_format=torch.channels_last_3d)
-        return self.model(windows)
+        # Aggregation runs in fp32 on contiguous buffers: hand it those (saves a strided copy per window).
+        return self.model(windows).float().contiguous()
 
     def _note(self, message: str) -> None:
         if message not in self.notes:
@@ -155,25 +157,28 @@ def resample_labels(
     source_affine: np.ndarray,
     target_shape: tuple[int, int, int],
     target_affine: np.ndarray,
+    probabilities: np.ndarray | None = None,
     chunk_voxels: int = 1 << 22,
 ) -> np.ndarray:
-    """Carry a label map onto another voxel grid, keeping organ boundaries where they are.
+    """Carry a segmentation onto another voxel grid, keeping organ boundaries where they are.
 
-    Each target voxel takes the label that wins the trilinear interpolation of the one-hot maps at its
-    position in the source grid (the argmax of linearly resampled probabilities of a hard segmentation),
-    so boundaries move smoothly rather than in source-voxel stairs. Only voxels whose eight source
-    neighbours disagree need that vote; all others copy the shared label. Memory stays at a few small
-    arrays whatever the number of classes; positions outside the source grid get background (0).
-    Grids that differ only by axis order, flips, scale and shift (every scan that is not oblique) are
-    handled axis by axis, which is several times faster than the general path.
+    With `probabilities` (C, X, Y, Z), each target voxel gets the argmax of the trilinearly interpolated
+    class probabilities, as a classical inverse resampling of the network output would give. Without them,
+    it gets the argmax of the interpolated one-hot maps of `labels` (a vote of its eight source neighbours,
+    which needs no probabilities at all). Either way, only voxels whose eight source neighbours disagree are
+    computed: where all eight share an argmax, any convex combination of their probabilities keeps it, so the
+    shared label is exact. Memory stays at a few small arrays besides the inputs; positions outside the
+    source grid get background (0). Grids that differ only by axis order, flips, scale and shift (every scan
+    that is not oblique) are handled axis by axis, several times faster than the general path.
 
     Args:
-        labels: (X, Y, Z) integer label map on the source grid.
+        labels: (X, Y, Z) integer label map on the source grid (the argmax of `probabilities` if given).
         source_affine, target_affine: voxel-to-world matrices of the two grids (same world frame).
         target_shape: shape of the target grid.
+        probabilities: optional (C, X, Y, Z) class probabilities on the source grid.
         chunk_voxels: target voxels processed at a time.
     """
-    grid = _VotingGrid(np.asarray(labels))
+    grid = _VotingGrid(np.asarray(labels), probabilities)
     mapping = np.linalg.inv(source_affine) @ target_affine
     out = np.zeros(target_shape, dtype=np.uint8)
     step = max(1, chunk_voxels // (target_shape[0] * target_shape[1]))
@@ -191,11 +196,20 @@ _CORNERS = np.array([(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)],
 
 
 class _VotingGrid:
-    """A label map padded with background, with a map of where its 2x2x2 neighbourhoods are uniform."""
+    """A label map (and optionally class probabilities) padded with background, with a map of where its
+    2x2x2 neighbourhoods are uniform."""
 
-    def __init__(self, labels: np.ndarray):
+    def __init__(self, labels: np.ndarray, probabilities: np.ndarray | None = None):
         self.shape = np.array(labels.shape, dtype=np.int64)
         padded = np.pad(labels.astype(np.uint8, copy=False), 1)
+        self.probabilities = None
+        if probabilities is not None:  # (padded voxels, C); the border is certain background
+            border = np.pad(np.zeros(labels.shape, dtype=bool), 1, constant_values=True)
+            padded_probabilities = np.pad(np.asarray(probabilities), ((0, 0), (1, 1), (1, 1), (1, 1)))
+            padded_probabilities[0][border] = 1.0
+            # One row of C values per voxel: each neighbour lookup then reads one contiguous row.
+            rows = padded_probabilities.reshape(len(padded_probabilities), -1).T
+            self.probabilities = torch.from_numpy(np.ascontiguousarray(rows))
         uniform = np.ones(tuple(s - 1 for s in padded.shape), dtype=bool)
         for corner in _CORNERS[1:]:
             uniform &= (
@@ -254,7 +268,7 @@ class _VotingGrid:
             for axis in range(3):
                 b[:, source_axis[axis]] = bases[axis][vote[axis]]
                 frac[:, source_axis[axis]] = fracs[axis][vote[axis]]
-            result[vote] = _vote(self.flat, self.strides, b, frac)
+            result[vote] = self._decide(b, frac)
         return result.reshape(shape)
 
     def _labels(self, b: np.ndarray, frac: np.ndarray) -> np.ndarray:
@@ -262,8 +276,14 @@ class _VotingGrid:
         labels = np.empty(len(b), dtype=np.uint8)
         labels[same] = self.flat[b[same] @ self.strides]
         if (~same).any():
-            labels[~same] = _vote(self.flat, self.strides, b[~same], frac[~same])
+            labels[~same] = self._decide(b[~same], frac[~same])
         return labels
+
+    def _decide(self, b: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        """Labels where the eight neighbours disagree: interpolated probabilities, else the one-hot vote."""
+        if self.probabilities is None:
+            return _vote(self.flat, self.strides, b, frac)
+        return _interpolated_argmax(self.probabilities, self.strides, b, frac)
 
 
 def _axis_permutation(rotation: np.ndarray) -> list[int] | None:
@@ -312,6 +332,19 @@ def _vote(flat: np.ndarray, strides: np.ndarray, base: np.ndarray, frac: np.ndar
     return labels[np.argmax(scores, axis=0), np.arange(labels.shape[1])]
 
 
+def _interpolated_argmax(
+    probabilities: torch.Tensor, strides: np.ndarray, base: np.ndarray, frac: np.ndarray
+):
+    """Argmax of the trilinearly interpolated class probabilities (voxels, C) at each position."""
+    origin = torch.from_numpy(base @ strides)
+    upper, lower = torch.from_numpy(frac.T.copy()), torch.from_numpy(1.0 - frac.T)
+    total = torch.zeros((len(base), probabilities.shape[1]), dtype=torch.float32)
+    for (a, b, c), offset in zip(_CORNERS, _CORNERS @ strides, strict=True):
+        weight = (upper[0] if a else lower[0]) * (upper[1] if b else lower[1]) * (upper[2] if c else lower[2])
+        total += probabilities.index_select(0, origin + int(offset)) * weight[:, None]
+    return torch.argmax(total, dim=1).to(torch.uint8).numpy()
+
+
 # --- one scan, end to end ---------------------------------------------------------------------------------
 
 
@@ -346,8 +379,13 @@ def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
     nifti, _ = read_info(path)
     image, info = load_volume(path)
     model_input = preprocess_scan(image, info.affine, segmenter.settings)
-    labels = segmenter.labels(model_input.as_tensor()[None])
     model_affine = model_input.affine.numpy().astype(np.float64)
+    logits = segmenter.logits(model_input.as_tensor()[None])[0]
     del model_input
-    native = resample_labels(labels.numpy(), model_affine, info.shape, info.affine)
+    labels = torch.argmax(logits, dim=0).to(torch.uint8).numpy()
+    probabilities = None
+    if segmenter.settings.inference.resample == "probabilities":
+        probabilities = torch.softmax(logits.float(), dim=0).to(torch.float16).numpy()
+    del logits
+    native = resample_labels(labels, model_affine, info.shape, info.affine, probabilities)
     return ScanPrediction(native, image, nifti, Path(path))

@@ -148,6 +148,25 @@ def load_state(model: torch.nn.Module, source: Mapping[str, torch.Tensor], reini
     )
 
 
+def for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """The same network, faster to evaluate: parameter-free InstanceNorm3d layers become GroupNorm with one
+    group per channel, which normalises over exactly the same voxels (identical in fp32) but runs on
+    channels_last_3d tensors without the layout copies InstanceNorm makes. Changes `model` in place."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if (
+                isinstance(child, torch.nn.InstanceNorm3d)
+                and not child.affine
+                and not child.track_running_stats
+            ):
+                setattr(
+                    module,
+                    name,
+                    torch.nn.GroupNorm(child.num_features, child.num_features, eps=child.eps, affine=False),
+                )
+    return model.eval()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model inside a DDP wrapper."""
     return model.module if hasattr(model, "module") else model

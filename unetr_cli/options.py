@@ -257,3 +257,10 @@ ScaleLr = Annotated[
         "--scale-lr/--no-scale-lr", help="Multiply --lr by the number of processes.", rich_help_panel=_DIST
     ),
 ]
+Resample = Annotated[
+    str | None,
+    typer.Option(
+        help="Back to the scan's grid: probabilities (classical, default) or labels (least memory).",
+        rich_help_panel=_INFER,
+    ),
+]

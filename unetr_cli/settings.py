@@ -69,7 +69,12 @@ class DataSettings(_Group):
     hu_min: float = -175.0
     hu_max: float = 250.0
     cache_rate: float = Field(1.0, ge=0.0, le=1.0)
-    workers: int = Field(4, ge=0)
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="data loader processes; default 4 with a GPU, 0 on CPU (workers compete with the "
+        "compute threads there, measured)",
+    )
     num_samples: int = Field(4, ge=1, description="random crops per volume and step")
     crop_sampler: Literal["pos_neg", "class_balanced"] = Field(
         "pos_neg", description="pos_neg: the reference's 1:1 crops; class_balanced: every organ equally often"
@@ -132,6 +137,11 @@ class InferenceSettings(_Group):
         None, description="channels_last_3d memory format; default on for bf16 on CPU (8% faster, measured)"
     )
     tta: bool = Field(False, description="average over the 8 axis-flip combinations")
+    resample: Literal["probabilities", "labels"] = Field(
+        "probabilities",
+        description="back to the scan's grid: interpolate class probabilities (classical), or the label map "
+        "alone (no probability volume in memory)",
+    )
 
     @field_validator("device")
     @classmethod
