@@ -161,6 +161,8 @@ def test_probability_resampling_equals_full_trilinear_interpolation(oblique):
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1) @ mapping[:3, :3].T
     positions = (grid + mapping[:3, 3] + 1.0).reshape(-1, 3).T
     inside = np.all((positions >= 0) & (positions <= np.array(padded.shape[1:])[:, None] - 1), axis=0)
-    interpolated = np.stack([map_coordinates(channel, positions, order=1, mode="nearest") for channel in padded])
+    interpolated = np.stack(
+        [map_coordinates(channel, positions, order=1, mode="nearest") for channel in padded]
+    )
     expected = np.where(inside, interpolated.argmax(axis=0), 0).reshape(shape)
     assert np.array_equal(result, expected)
