@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     from unetr_cli.checkpoint import read_weights
-    from unetr_cli.model import model_with_weights
+    from unetr_cli.model import for_inference, model_with_weights
     from unetr_cli.settings import Settings
 
     weights = read_weights(standard_checkpoint())
@@ -58,7 +58,7 @@ def main() -> None:
     def eager(batch: int, dtype=None, channels_last: bool = False, module=None):
         net = module if module is not None else model
         if channels_last:
-            net = fresh().to(memory_format=torch.channels_last_3d)
+            net = (module if module is not None else fresh()).to(memory_format=torch.channels_last_3d)
 
         def run(x):
             outputs = []
@@ -80,6 +80,9 @@ def main() -> None:
         "bf16 autocast, batch 4": eager(4, bf16),
         "bf16 autocast, channels_last_3d, batch 1": eager(1, bf16, True),
         "bf16 autocast, channels_last_3d, batch 2": eager(2, bf16, True),
+        # unetr's default on CPU: InstanceNorm as the equivalent GroupNorm (model.for_inference)
+        "GroupNorm swap, fp32": eager(1, module=for_inference(fresh())),
+        "GroupNorm swap, bf16 autocast, channels_last_3d": eager(1, bf16, True, for_inference(fresh())),
     }
     scripted = torch.jit.script(fresh())
     variants["TorchScript, bf16 autocast"] = eager(1, bf16, module=scripted)

@@ -118,3 +118,13 @@ def test_tta_runs_and_agrees_with_plain_prediction(trained_run, scans, tmp_path)
     a = np.asanyarray(nib.load(tmp_path / "a.nii.gz").dataobj)
     b = np.asanyarray(nib.load(tmp_path / "b.nii.gz").dataobj)
     assert (a == b).mean() > 0.9
+
+
+def test_inference_flags_reach_the_settings_used(trained_run, scans, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    flags = ("--no-amp", "--mode", "constant", "--infer-overlap", "0.25", "--resample", "labels", "-q")
+    result = _predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, *flags)
+    assert result.exit_code == 0, result.output
+    used = json.loads((tmp_path / "seg.json").read_text())["settings"]["inference"]
+    assert used["amp"] is False and used["blend_mode"] == "constant"
+    assert used["infer_overlap"] == 0.25 and used["resample"] == "labels"

@@ -10,9 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -124,11 +122,7 @@ def config_show(
         config,
         preset,
         set_,
-        model__feature_size=feature_size,
-        model__img_size=img_size,
-        data__data_dir=data_dir,
-        optimisation__lr=lr,
-        optimisation__batch_size=batch_size,
+        **opt.setting_flags(locals()),
     )
     if json_output:
         print(json.dumps(settings.to_dict(), indent=2))
@@ -294,34 +288,12 @@ def train(
       unetr train --data-dir /dataset/dataset0 --nproc-per-node 4 --scale-lr
     """
     from unetr_cli.engine import FitOptions
+    from unetr_cli.launch import Launch, run_training
 
-    flags = dict(
-        data__data_dir=data_dir,
-        data__json_list=json_list,
-        data__fold=fold,
-        model__feature_size=feature_size,
-        model__img_size=img_size,
-        model__pos_embed=pos_embed,
-        optimisation__optimizer=optimizer,
-        optimisation__lr=lr,
-        optimisation__lrschedule=lrschedule,
-        optimisation__warmup_epochs=warmup_epochs,
-        optimisation__max_epochs=max_epochs,
-        optimisation__batch_size=batch_size,
-        optimisation__val_every=val_every,
-        optimisation__amp=amp,
-        optimisation__scale_lr=scale_lr,
-        inference__infer_overlap=infer_overlap,
-        inference__sw_batch_size=sw_batch_size,
-        inference__device=device,
-        data__workers=workers,
-        data__cache_rate=cache_rate,
-        runtime__seed=seed,
-        runtime__save_checkpoint=save_checkpoint,
-    )
+    flags = opt.setting_flags(locals())
     options = FitOptions(resume=resume, overwrite=overwrite, stop_after_epochs=stop_after)
-    launch = _Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
-    _run_training(
+    launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
+    run_training(
         "train", logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output), launch
     )
 
@@ -385,27 +357,11 @@ def finetune(
     """
     from unetr_cli.checkpoint import locate_weights, read_weights
     from unetr_cli.engine import FitOptions
+    from unetr_cli.launch import Launch, run_training
 
     weights_path = locate_weights(from_, pretrained_dir, pretrained_model_name)
     weights = read_weights(weights_path, trust_torchscript)
-    flags = dict(
-        model__out_channels=out_channels,
-        model__feature_size=feature_size,
-        data__data_dir=data_dir,
-        data__json_list=json_list,
-        data__fold=fold,
-        optimisation__lr=lr,
-        optimisation__lrschedule=lrschedule,
-        optimisation__warmup_epochs=warmup_epochs,
-        optimisation__max_epochs=max_epochs,
-        optimisation__batch_size=batch_size,
-        optimisation__val_every=val_every,
-        optimisation__amp=amp,
-        optimisation__scale_lr=scale_lr,
-        inference__device=device,
-        data__workers=workers,
-        runtime__seed=seed,
-    )
+    flags = opt.setting_flags(locals())
     options = FitOptions(
         overwrite=overwrite,
         stop_after_epochs=stop_after,
@@ -413,7 +369,7 @@ def finetune(
         reinit_head=reinit_head,
         freeze_encoder=freeze_encoder,
     )
-    launch = _Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
+    launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
     worker_flags = ["--from", str(weights_path)] + [
         flag
         for flag, on in (
@@ -423,7 +379,7 @@ def finetune(
         )
         if on
     ]
-    _run_training(
+    run_training(
         "finetune",
         logdir,
         config,
@@ -437,117 +393,7 @@ def finetune(
     )
 
 
-@dataclass
-class _Launch:
-    """How many processes to start through torchrun, and where (nothing to start when all are unset)."""
-
-    nproc_per_node: int | None = None
-    distributed: bool = False
-    nnodes: str | None = None
-    node_rank: int | None = None
-    rdzv_endpoint: str | None = None
-    max_restarts: int | None = None
-
-    def processes(self) -> int | None:
-        if self.distributed and self.nproc_per_node is None:
-            import torch
-
-            if not torch.cuda.device_count():
-                raise UsageError("--distributed: no GPU is visible; use --nproc-per-node N for CPU processes")
-            return torch.cuda.device_count()
-        return self.nproc_per_node
-
-
-def _run_training(
-    command_name, logdir, config, preset, assignments, flags, options, mode, launch, worker_flags=()
-) -> None:
-    """Resolve the run folder and settings (a resumed run starts from its own), then train here or relaunch
-    through torchrun with the resolved settings."""
-    from unetr_cli import distributed
-    from unetr_cli.engine import fit
-    from unetr_cli.rundir import LATEST, resolve_run_dir
-    from unetr_cli.settings import input_space, settings_from_cli
-
-    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-    processes = launch.processes()
-    if under_torchrun and processes:
-        raise UsageError("already running under torchrun: drop --nproc-per-node/--distributed")
-    if under_torchrun and logdir is None:
-        logdir = Path("runs") / distributed.shared_run_name()
-    if under_torchrun and distributed.restart_count() > 0:  # torchrun restarted the group after a failure
-        options.resume = (Path(logdir) / LATEST).is_file()
-        options.overwrite = not options.resume
-    run = resolve_run_dir(logdir, options.resume)
-    if options.resume:
-        base = run.read_settings()
-    elif options.init_weights is not None and options.init_weights.settings:
-        base = input_space(options.init_weights.settings)
-    else:
-        base = None
-    settings = settings_from_cli(config, preset, assignments, base=base, runtime__logdir=run.path, **flags)
-    reporter = Reporter(mode)
-    if processes:
-        mode_flags = {"quiet": ["-q"], "json": ["--json"]}.get(mode, [])
-        run_flags = [
-            flag for flag, on in (("--resume", options.resume), ("--overwrite", options.overwrite)) if on
-        ]
-        if options.stop_after_epochs:
-            run_flags += ["--stop-after", str(options.stop_after_epochs)]
-        with tempfile.TemporaryDirectory() as folder:
-            config_file = distributed.write_worker_settings(settings.to_dict(), Path(folder))
-            distributed.launch(
-                [
-                    command_name,
-                    *worker_flags,
-                    "--config",
-                    str(config_file),
-                    "--logdir",
-                    str(run.path),
-                    *run_flags,
-                    *mode_flags,
-                ],
-                processes,
-                launch.nnodes or "1",
-                launch.node_rank or 0,
-                launch.rdzv_endpoint,
-                launch.max_restarts or 0,
-            )
-        return  # rank 0 of the workers has reported the run
-    result = fit(settings, run, reporter, options)
-    reporter.result(f"run folder: {result.run_dir}  (best mean Dice {result.best_dice:.4f})")
-
-
 # --- inference --------------------------------------------------------------------------------------------
-
-
-def _load_model(
-    checkpoint,
-    pretrained_dir,
-    pretrained_model_name,
-    trust_torchscript,
-    saved_checkpoint,
-    config,
-    preset,
-    assignments,
-    **flags,
-):
-    """Weights from any accepted source, settings from the file where it carries them, then flags on top."""
-    from unetr_cli.checkpoint import locate_weights, read_weights
-    from unetr_cli.model import model_with_weights
-    from unetr_cli.settings import input_space, settings_from_cli
-
-    path = locate_weights(checkpoint, pretrained_dir, pretrained_model_name)
-    weights = read_weights(path, trust_torchscript)
-    if saved_checkpoint is not None:
-        expected = {"ckpt": saved_checkpoint != "torchscript", "torchscript": weights.kind == "torchscript"}
-        if saved_checkpoint not in expected:
-            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: expected ckpt or torchscript")
-        if (saved_checkpoint == "torchscript") != (weights.kind == "torchscript"):
-            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: {path} is a {weights.kind}")
-    settings = settings_from_cli(
-        config, preset, assignments, base=input_space(weights.settings or {}), **flags
-    )
-    return settings, model_with_weights(settings.model, weights.state_dict), path
 
 
 @command(app)
@@ -564,7 +410,7 @@ def predict(
     mode: opt.BlendMode = None,
     tta: opt.Tta = None,
     resample: opt.Resample = None,
-    amp: opt.InferAmp = None,
+    infer_amp: opt.InferAmp = None,
     device: opt.Device = None,
     stats: Annotated[
         bool,
@@ -604,13 +450,14 @@ def predict(
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
     """
     from unetr_cli.inference import Segmenter, resolve_device
+    from unetr_cli.model import load_model
     from unetr_cli.predict import PredictOptions, check_outputs, expand_inputs, plan_outputs, predict_batch
 
     sources = expand_inputs(inputs)
     targets = plan_outputs(sources, output)
     options = PredictOptions(stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing)
     check_outputs(targets, options)
-    settings, model, weights_path = _load_model(
+    settings, model, weights_path = load_model(
         checkpoint,
         pretrained_dir,
         pretrained_model_name,
@@ -619,13 +466,7 @@ def predict(
         config,
         preset,
         set_,
-        inference__infer_overlap=infer_overlap,
-        inference__sw_batch_size=sw_batch_size,
-        inference__blend_mode=mode,
-        inference__tta=tta,
-        inference__resample=resample,
-        inference__amp=amp,
-        inference__device=device,
+        **opt.setting_flags(locals()),
     )
     options.provenance = {"checkpoint": str(weights_path), "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
@@ -715,7 +556,7 @@ def evaluate(
     mode: opt.BlendMode = None,
     tta: opt.Tta = None,
     resample: opt.Resample = None,
-    amp: opt.InferAmp = None,
+    infer_amp: opt.InferAmp = None,
     device: opt.Device = None,
     config: opt.Config = None,
     preset: opt.Preset = None,
@@ -743,25 +584,15 @@ def evaluate(
         raise UsageError(f"--split {split}: expected validation or training")
     with_model = checkpoint is not None or pretrained_dir is not None or pretrained_model_name is not None
     reporter = Reporter(opt.output_mode(quiet, json_output))
-    flags = dict(
-        inference__infer_overlap=infer_overlap,
-        inference__sw_batch_size=sw_batch_size,
-        inference__blend_mode=mode,
-        inference__tta=tta,
-        inference__resample=resample,
-        inference__amp=amp,
-        inference__device=device,
-        data__data_dir=data_dir,
-        data__json_list=json_list,
-        data__fold=fold,
-    )
+    flags = opt.setting_flags(locals())
     unpaired: dict[str, list[str]] = {}
     if with_model:
         if pred_dir is not None or gt_dir is not None:
             raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
         from unetr_cli.inference import Segmenter, resolve_device
+        from unetr_cli.model import load_model
 
-        settings, model, weights_path = _load_model(
+        settings, model, weights_path = load_model(
             checkpoint,
             pretrained_dir,
             pretrained_model_name,
@@ -773,7 +604,7 @@ def evaluate(
             **flags,
         )
         segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
-        cases = ev.datalist_cases(_split_entries(settings, split), None)
+        cases = ev.datalist_cases(ev.split_entries(settings, split), None)
         score = lambda case: ev.score_model(case, segmenter, space, empty_as_zero, hd95)  # noqa: E731
     else:
         if space == "resampled":
@@ -781,21 +612,10 @@ def evaluate(
                 "--space resampled needs a model (--checkpoint): label folders have no model space"
             )
         settings, weights_path = settings_from_cli(config, preset, set_, **flags), None
-        if pred_dir is not None and gt_dir is not None:
-            cases, unpaired_pred, unpaired_truth = ev.pair_folders(pred_dir, gt_dir)
-            unpaired = {"predictions": unpaired_pred, "truths": unpaired_truth}
-            for kind, names in unpaired.items():
-                if names:
-                    reporter.warn(
-                        f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}"
-                    )
-        elif pred_dir is not None and data_dir is not None:
-            cases = ev.datalist_cases(_split_entries(settings, split), pred_dir)
-        else:
-            raise UsageError(
-                "nothing to evaluate: give --checkpoint with --data-dir, or --pred-dir with --gt-dir "
-                "or --data-dir"
-            )
+        cases, unpaired = ev.label_map_cases(settings, pred_dir, gt_dir, split, data_dir is not None)
+        for kind, names in unpaired.items():
+            if names:
+                reporter.warn(f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}")
         classes = settings.model.out_channels
         score = lambda case: ev.score_files(case, classes, empty_as_zero, hd95)  # noqa: E731
     evaluation = ev.run_cases(cases, score, reporter)
@@ -815,16 +635,6 @@ def evaluate(
         error_line(f"case {name} failed: {problem}")
     if evaluation.failed:
         raise typer.Exit(1)
-
-
-def _split_entries(settings, split: str) -> list[dict]:
-    from unetr_cli.data import read_datalist
-
-    datalist = read_datalist(settings.data.data_dir, settings.data.json_list, settings.data.fold)
-    entries = datalist.validation if split == "validation" else datalist.training
-    if not entries:
-        raise UsageError(f"{datalist.path}: the {split!r} split is empty")
-    return entries
 
 
 # --- sharing ----------------------------------------------------------------------------------------------
@@ -867,6 +677,7 @@ def export(
     """
     from unetr_cli import export as exporting
     from unetr_cli.checkpoint import locate_weights, read_weights
+    from unetr_cli.model import load_model
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
     if output.exists() and not overwrite:
@@ -880,7 +691,7 @@ def export(
             f"{path}: holds no model settings; name the architecture with --preset btcv (the official "
             "BTCV weights) or --feature-size/--img-size/--out-channels"
         )
-    settings, model, _ = _load_model(
+    settings, model, _ = load_model(
         checkpoint,
         pretrained_dir,
         pretrained_model_name,
@@ -889,9 +700,7 @@ def export(
         config,
         preset,
         set_,
-        model__feature_size=feature_size,
-        model__img_size=img_size,
-        model__out_channels=out_channels,
+        **opt.setting_flags(locals()),
     )
     exporter = {
         "torchscript": exporting.export_torchscript,

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from unetr_cli import distributed
-from unetr_cli.checkpoint import CHECKPOINT_FORMAT, LoadedWeights, atomic_save, safe_load
+from unetr_cli.checkpoint import LoadedWeights
 from unetr_cli.console import Reporter
-from unetr_cli.errors import Interrupted, TrainingError, UsageError
+from unetr_cli.errors import Interrupted, TrainingError
 from unetr_cli.inference import Segmenter, autocast, autocast_dtype, resolve_device
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
@@ -30,6 +30,7 @@ from unetr_cli.model import build_model, load_state, unwrap
 from unetr_cli.rundir import BEST, FINAL, LATEST, TB_DIR, RunDir
 from unetr_cli.schedule import learning_rate, step_position
 from unetr_cli.settings import Settings
+from unetr_cli.training_state import check_resumable, restore_training_state, save_training_state
 
 
 @dataclass
@@ -102,7 +103,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
     def prepare_run() -> None:
         run.prepare(options.resume, options.overwrite)
         if options.resume:
-            _check_resumable(run, settings)
+            check_resumable(run, settings)
         _check_data(datalist.training + datalist.validation, settings, reporter)
         run.write_settings(settings.to_dict())
 
@@ -130,7 +131,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
 
     state = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": -1}
     if options.resume:
-        state = _restore(run.checkpoint(LATEST), model, optimizer, scaler)
+        state = restore_training_state(run.checkpoint(LATEST), model, optimizer, scaler)
         if main:
             run.truncate_metrics(state["epoch"])
     trained = model
@@ -230,8 +231,8 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                     record["dice"] = {names[i + 1]: _round(d) for i, d in enumerate(per_organ)}
                     if last_dice > state["best_dice"]:
                         state["best_dice"], state["best_epoch"] = last_dice, epoch + 1
-                        _save(run.checkpoint(BEST), model, optimizer, scaler, state, settings)
-                    _save(run.checkpoint(LATEST), model, optimizer, scaler, state, settings)
+                        save_training_state(run.checkpoint(BEST), model, optimizer, scaler, state, settings)
+                    save_training_state(run.checkpoint(LATEST), model, optimizer, scaler, state, settings)
                     _report_validation(reporter, record, state)
                 if main:
                     run.log_metrics(record)
@@ -249,7 +250,7 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
                     break
     except (KeyboardInterrupt, _Stop) as stop:
         state["step"] = completed_steps  # a resumed run redoes the unfinished epoch from its first step
-        _save(run.checkpoint(LATEST), model, optimizer, scaler, state, settings, sync=False)
+        save_training_state(run.checkpoint(LATEST), model, optimizer, scaler, state, settings, sync=False)
         signal_number = stop.signal_number if isinstance(stop, _Stop) else signal.SIGINT
         raise Interrupted(
             f"interrupted: saved {run.checkpoint(LATEST)} at epoch {state['epoch']}; continue with "
@@ -262,9 +263,9 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
         if writer is not None:
             writer.close()
 
-    _save(run.checkpoint(LATEST), model, optimizer, scaler, state, settings)
+    save_training_state(run.checkpoint(LATEST), model, optimizer, scaler, state, settings)
     if state["epoch"] >= opt.max_epochs:
-        _save(run.checkpoint(FINAL), model, optimizer, scaler, state, settings)
+        save_training_state(run.checkpoint(FINAL), model, optimizer, scaler, state, settings)
     in_sync = distributed.check_in_sync(model)
     if main:
         run.plot_progress()
@@ -353,102 +354,6 @@ def _mean_loss(losses: list[float], device: torch.device) -> float:
 
 def _round(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 5)
-
-
-# --- checkpoints ------------------------------------------------------------------------------------------
-
-
-def _save(path: Path, model, optimizer, scaler, state: dict, settings: Settings, sync: bool = True) -> None:
-    """Main process only, between barriers (`sync`): a plain dict `torch.load(weights_only=True)` accepts."""
-    if not settings.runtime.save_checkpoint:
-        return
-    if sync:
-        distributed.barrier()
-    if distributed.is_main():
-        from unetr_cli import __version__
-
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                **state,
-                "rng": _rng_state(),
-                "settings": settings.to_dict(),
-                "labels": label_names(settings.model.out_channels),
-                "versions": {
-                    "unetr": __version__,
-                    "torch": str(torch.__version__),
-                    "monai": _monai_version(),
-                },
-            },
-            path,
-        )
-    if sync:
-        distributed.barrier()
-
-
-def _check_resumable(run: RunDir, settings: Settings) -> None:
-    """Refuse to resume a run with another architecture, naming every differing field."""
-    stored = Settings.from_dict(run.read_settings()).model
-    differing = [
-        f"{k} {getattr(settings.model, k)} (run: {v})"
-        for k, v in stored.model_dump().items()
-        if getattr(settings.model, k) != v
-    ]
-    if differing:
-        raise UsageError(f"{run.path}: cannot resume with different model settings: {', '.join(differing)}")
-
-
-def _restore(path: Path, model, optimizer, scaler) -> dict:
-    """Load checkpoint_latest into the model, optimiser and scaler; returns the loop state."""
-    checkpoint = safe_load(path)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    _set_rng_state(checkpoint["rng"])
-    return {k: checkpoint[k] for k in ("epoch", "step", "best_dice", "best_epoch")}
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    numpy_state = rng["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    random.setstate(_as_tuple(rng["python"]))
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-def _monai_version() -> str:
-    import monai
-
-    return monai.__version__
 
 
 # --- reporting --------------------------------------------------------------------------------------------

@@ -83,6 +83,32 @@ def datalist_cases(entries: list[dict], pred_dir: Path | None) -> list[Case]:
     return cases
 
 
+def split_entries(settings, split: str) -> list[dict]:
+    """The datalist entries of `split` (validation or training) for the configured fold."""
+    from unetr_cli.data import read_datalist
+
+    datalist = read_datalist(settings.data.data_dir, settings.data.json_list, settings.data.fold)
+    entries = datalist.validation if split == "validation" else datalist.training
+    if not entries:
+        raise UsageError(f"{datalist.path}: the {split!r} split is empty")
+    return entries
+
+
+def label_map_cases(
+    settings, pred_dir: Path | None, gt_dir: Path | None, split: str, datalist_named: bool
+) -> tuple[list[Case], dict[str, list[str]]]:
+    """Cases for scoring existing label maps: --pred-dir against --gt-dir (paired by name, with the unpaired
+    names of either side) or, when a data dir was named, against the datalist's labels."""
+    if pred_dir is not None and gt_dir is not None:
+        cases, unpaired_pred, unpaired_truth = pair_folders(pred_dir, gt_dir)
+        return cases, {"predictions": unpaired_pred, "truths": unpaired_truth}
+    if pred_dir is not None and datalist_named:
+        return datalist_cases(split_entries(settings, split), pred_dir), {}
+    raise UsageError(
+        "nothing to evaluate: give --checkpoint with --data-dir, or --pred-dir with --gt-dir or --data-dir"
+    )
+
+
 def _checked_labels(path: Path, num_classes: int, role: str):
     labels, info = load_volume(path, dtype=None)
     if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from unetr_cli.errors import CheckpointError
+from unetr_cli.errors import CheckpointError, UsageError
 from unetr_cli.settings import ModelSettings
 
 OBSOLETE_REFERENCE_KEYS = re.compile(
@@ -177,3 +177,32 @@ def model_with_weights(settings: ModelSettings, state: Mapping[str, torch.Tensor
     model = build_model(settings)
     load_state(model, state)
     return model.eval()
+
+
+def load_model(
+    checkpoint,
+    pretrained_dir,
+    pretrained_model_name,
+    trust_torchscript,
+    saved_checkpoint,
+    config,
+    preset,
+    assignments,
+    **flags,
+):
+    """Weights from any accepted source, settings from the file where it carries them, then flags on top."""
+    from unetr_cli.checkpoint import locate_weights, read_weights
+    from unetr_cli.settings import input_space, settings_from_cli
+
+    path = locate_weights(checkpoint, pretrained_dir, pretrained_model_name)
+    weights = read_weights(path, trust_torchscript)
+    if saved_checkpoint is not None:
+        expected = {"ckpt": saved_checkpoint != "torchscript", "torchscript": weights.kind == "torchscript"}
+        if saved_checkpoint not in expected:
+            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: expected ckpt or torchscript")
+        if (saved_checkpoint == "torchscript") != (weights.kind == "torchscript"):
+            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: {path} is a {weights.kind}")
+    settings = settings_from_cli(
+        config, preset, assignments, base=input_space(weights.settings or {}), **flags
+    )
+    return settings, model_with_weights(settings.model, weights.state_dict), path

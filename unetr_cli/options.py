@@ -178,6 +178,43 @@ TrustTorchscript = Annotated[
 ]
 
 
+# Which setting each command parameter sets (parameter names are the same in every command).
+SETTING_OF_PARAMETER = {
+    "data_dir": "data__data_dir",
+    "json_list": "data__json_list",
+    "fold": "data__fold",
+    "workers": "data__workers",
+    "cache_rate": "data__cache_rate",
+    "feature_size": "model__feature_size",
+    "img_size": "model__img_size",
+    "pos_embed": "model__pos_embed",
+    "out_channels": "model__out_channels",
+    "optimizer": "optimisation__optimizer",
+    "lr": "optimisation__lr",
+    "lrschedule": "optimisation__lrschedule",
+    "warmup_epochs": "optimisation__warmup_epochs",
+    "max_epochs": "optimisation__max_epochs",
+    "batch_size": "optimisation__batch_size",
+    "val_every": "optimisation__val_every",
+    "amp": "optimisation__amp",
+    "scale_lr": "optimisation__scale_lr",
+    "infer_overlap": "inference__infer_overlap",
+    "sw_batch_size": "inference__sw_batch_size",
+    "mode": "inference__blend_mode",
+    "tta": "inference__tta",
+    "resample": "inference__resample",
+    "infer_amp": "inference__amp",
+    "device": "inference__device",
+    "seed": "runtime__seed",
+    "save_checkpoint": "runtime__save_checkpoint",
+}
+
+
+def setting_flags(parameters: dict) -> dict:
+    """The settings a command's parameters name (`settings_from_cli` keywords); unset ones stay None."""
+    return {SETTING_OF_PARAMETER[k]: v for k, v in parameters.items() if k in SETTING_OF_PARAMETER}
+
+
 def output_mode(quiet: bool, json_output: bool) -> str:
     """The Reporter mode chosen by --quiet / --json."""
     return "json" if json_output else "quiet" if quiet else "rich"

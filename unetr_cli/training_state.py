@@ -1,0 +1,113 @@
+"""What a training checkpoint holds (weights, optimiser, AMP scaler, loop state, every RNG, settings,
+versions) and how it is saved and restored, so a resumed run continues exactly where it stopped."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unetr_cli import distributed
+from unetr_cli.checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
+from unetr_cli.errors import UsageError
+from unetr_cli.labels import label_names
+from unetr_cli.model import unwrap
+from unetr_cli.rundir import RunDir
+from unetr_cli.settings import Settings
+
+
+def save_training_state(
+    path: Path, model, optimizer, scaler, state: dict, settings: Settings, sync: bool = True
+) -> None:
+    """Main process only, between barriers (`sync`): a plain dict `torch.load(weights_only=True)` accepts."""
+    if not settings.runtime.save_checkpoint:
+        return
+    if sync:
+        distributed.barrier()
+    if distributed.is_main():
+        from unetr_cli import __version__
+
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                **state,
+                "rng": rng_state(),
+                "settings": settings.to_dict(),
+                "labels": label_names(settings.model.out_channels),
+                "versions": {
+                    "unetr": __version__,
+                    "torch": str(torch.__version__),
+                    "monai": _monai_version(),
+                },
+            },
+            path,
+        )
+    if sync:
+        distributed.barrier()
+
+
+def check_resumable(run: RunDir, settings: Settings) -> None:
+    """Refuse to resume a run with another architecture, naming every differing field."""
+    stored = Settings.from_dict(run.read_settings()).model
+    differing = [
+        f"{k} {getattr(settings.model, k)} (run: {v})"
+        for k, v in stored.model_dump().items()
+        if getattr(settings.model, k) != v
+    ]
+    if differing:
+        raise UsageError(f"{run.path}: cannot resume with different model settings: {', '.join(differing)}")
+
+
+def restore_training_state(path: Path, model, optimizer, scaler) -> dict:
+    """Load checkpoint_latest into the model, optimiser and scaler; returns the loop state."""
+    checkpoint = safe_load(path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"])
+    return {k: checkpoint[k] for k in ("epoch", "step", "best_dice", "best_epoch")}
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    numpy_state = rng["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    random.setstate(_as_tuple(rng["python"]))
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _monai_version() -> str:
+    import monai
+
+    return monai.__version__
