@@ -158,7 +158,7 @@ def resample_labels(
     target_shape: tuple[int, int, int],
     target_affine: np.ndarray,
     probabilities: np.ndarray | None = None,
-    chunk_voxels: int = 1 << 22,
+    chunk_voxels: int = 1 << 20,
 ) -> np.ndarray:
     """Carry a segmentation onto another voxel grid, keeping organ boundaries where they are.
 
@@ -192,6 +192,7 @@ def resample_labels(
     return out
 
 
+_SLAB = 16  # source slices (first axis) converted at a time
 _CORNERS = np.array([(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.int64)
 
 
@@ -203,13 +204,15 @@ class _VotingGrid:
         self.shape = np.array(labels.shape, dtype=np.int64)
         padded = np.pad(labels.astype(np.uint8, copy=False), 1)
         self.probabilities = None
-        if probabilities is not None:  # (padded voxels, C); the border is certain background
-            border = np.pad(np.zeros(labels.shape, dtype=bool), 1, constant_values=True)
-            padded_probabilities = np.pad(np.asarray(probabilities), ((0, 0), (1, 1), (1, 1), (1, 1)))
-            padded_probabilities[0][border] = 1.0
-            # One row of C values per voxel: each neighbour lookup then reads one contiguous row.
-            rows = padded_probabilities.reshape(len(padded_probabilities), -1).T
-            self.probabilities = torch.from_numpy(np.ascontiguousarray(rows))
+        if probabilities is not None:
+            # One row of C values per padded voxel (each neighbour lookup reads one contiguous row), filled a
+            # slab at a time so no second full-size copy exists; the border is certain background.
+            rows = np.zeros((*padded.shape, len(probabilities)), dtype=np.asarray(probabilities[:, :1]).dtype)
+            rows[..., 0] = 1.0
+            for start in range(0, labels.shape[0], _SLAB):
+                block = np.asarray(probabilities[:, start : start + _SLAB])
+                rows[1 + start : 1 + start + block.shape[1], 1:-1, 1:-1] = np.moveaxis(block, 0, -1)
+            self.probabilities = torch.from_numpy(rows.reshape(-1, rows.shape[-1]))
         uniform = np.ones(tuple(s - 1 for s in padded.shape), dtype=bool)
         for corner in _CORNERS[1:]:
             uniform &= (
@@ -365,11 +368,21 @@ def preprocess_scan(image: np.ndarray, affine: np.ndarray, settings: Settings):
 
     from unetr_cli.data import to_model_space
 
-    tensor = MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],
+    tensor = MetaTensor(  # in its stored dtype: reorientation copies it, resampling makes it float32
+        torch.from_numpy(np.ascontiguousarray(image))[None],
         affine=torch.as_tensor(affine, dtype=torch.float64),
     )
     return T.Compose(to_model_space(settings, keys=("image",)))({"image": tensor})["image"]
+
+
+def class_probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Softmax over the class axis of (C, X, Y, Z) scores as float16, a slab at a time (no full-size fp32
+    temporary besides the scores themselves)."""
+    probabilities = np.empty(tuple(logits.shape), dtype=np.float16)
+    for start in range(0, logits.shape[1], _SLAB):
+        block = torch.softmax(logits[:, start : start + _SLAB].float(), dim=0)
+        probabilities[:, start : start + _SLAB] = block.to(torch.float16).numpy()
+    return probabilities
 
 
 def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
@@ -385,7 +398,7 @@ def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
     labels = torch.argmax(logits, dim=0).to(torch.uint8).numpy()
     probabilities = None
     if segmenter.settings.inference.resample == "probabilities":
-        probabilities = torch.softmax(logits.float(), dim=0).to(torch.float16).numpy()
+        probabilities = class_probabilities(logits)
     del logits
     native = resample_labels(labels, model_affine, info.shape, info.affine, probabilities)
     return ScanPrediction(native, image, nifti, Path(path))
