@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -93,6 +95,9 @@ def test_safetensors_export_then_predict(trained_run, scan, tmp_path):
         ).exit_code
         == 0
     )
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode of any file the user writes
     assert invoke("predict", scan, "-o", tmp_path / "a.nii.gz", "--checkpoint", out, "-q").exit_code == 0
     assert (
         invoke(

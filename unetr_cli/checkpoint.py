@@ -137,6 +137,7 @@ class LoadedWeights:
     kind: str
     settings: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the file they came from, for messages
 
 
 def read_weights(path: str | Path, trust_torchscript: bool = False) -> LoadedWeights:
@@ -144,9 +145,16 @@ def read_weights(path: str | Path, trust_torchscript: bool = False) -> LoadedWei
     path = Path(path)
     kind = detect_format(path)
     if kind == "safetensors":
-        return _read_safetensors(path)
-    if kind == "torchscript":
-        return _read_torchscript(path, trust_torchscript)
+        weights = _read_safetensors(path)
+    elif kind == "torchscript":
+        weights = _read_torchscript(path, trust_torchscript)
+    else:
+        weights = _read_pickled(path)
+    weights.source = str(path)
+    return weights
+
+
+def _read_pickled(path: Path) -> LoadedWeights:
     payload = safe_load(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         extra = {k: payload[k] for k in ("epoch", "step", "best_dice") if k in payload}
@@ -194,6 +202,12 @@ def _read_torchscript(path: Path, trust: bool) -> LoadedWeights:
     return LoadedWeights(state, "torchscript", settings, {"module": module})
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_safetensors(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str | Path) -> Path:
     """Weights plus JSON metadata (settings, labels, version) as safetensors, written atomically."""
     from safetensors.torch import save_file
@@ -207,6 +221,9 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], metadata: dict[str, An
             str(tmp),
             metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
         )
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes owner-only files; give the usual mode
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

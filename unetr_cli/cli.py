@@ -713,6 +713,7 @@ def export(
         f"wrote {report.path} ({report.kind}); max |eager - exported| on a random "
         f"{settings.model.img_size}^3 window: {parity}",
         markup=False,
+        soft_wrap=True,
     )
     if report.note:
         stdout.print(f"[yellow]note:[/] {escape(report.note)}")

@@ -111,7 +111,8 @@ def fit(settings: Settings, run: RunDir, reporter: Reporter, options: FitOptions
     torch.manual_seed(seed)
     model = build_model(settings.model)
     if options.init_weights is not None:
-        load_state(model, options.init_weights.state_dict, reinit_head=options.reinit_head)
+        weights = options.init_weights
+        load_state(model, weights.state_dict, reinit_head=options.reinit_head, origin=weights.source)
     if options.freeze_encoder:
         for parameter in model.vit.parameters():
             parameter.requires_grad_(False)

@@ -141,11 +141,16 @@ def _mismatch_message(state, target, missing, unexpected, wrong_shape) -> str:
     return "\n".join([parts[0], *("  " + p for p in parts[1:])])
 
 
-def load_state(model: torch.nn.Module, source: Mapping[str, torch.Tensor], reinit_head: bool = False) -> None:
-    """Load converted weights into `model` strictly (every key and shape accounted for)."""
-    model.load_state_dict(
-        convert_state_dict(source, model.state_dict(), reinit_head=reinit_head), strict=True
-    )
+def load_state(
+    model: torch.nn.Module, source: Mapping[str, torch.Tensor], reinit_head: bool = False, origin: str = ""
+) -> None:
+    """Load converted weights into `model` strictly (every key and shape accounted for); a mismatch is
+    reported with the `origin` file named."""
+    try:
+        converted = convert_state_dict(source, model.state_dict(), reinit_head=reinit_head)
+    except CheckpointError as error:
+        raise CheckpointError(f"{origin}: {error}" if origin else str(error)) from None
+    model.load_state_dict(converted, strict=True)
 
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -172,10 +177,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def model_with_weights(settings: ModelSettings, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+def model_with_weights(
+    settings: ModelSettings, state: Mapping[str, torch.Tensor], origin: str = ""
+) -> torch.nn.Module:
     """A fresh model of `settings` holding `state` (converted and checked by `convert_state_dict`)."""
     model = build_model(settings)
-    load_state(model, state)
+    load_state(model, state, origin=origin)
     return model.eval()
 
 
@@ -205,4 +212,4 @@ def load_model(
     settings = settings_from_cli(
         config, preset, assignments, base=input_space(weights.settings or {}), **flags
     )
-    return settings, model_with_weights(settings.model, weights.state_dict), path
+    return settings, model_with_weights(settings.model, weights.state_dict, str(path)), path
