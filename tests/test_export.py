@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -72,6 +73,14 @@ def test_torchscript_weights_give_the_scripted_outputs(trained_run, tmp_path):
     x = torch.rand(2, 1, 32, 32, 32)
     with torch.no_grad():
         assert torch.allclose(eager(x), weights.extra["module"](x), atol=1e-5)
+
+
+def test_onnx_export_without_onnx_says_what_to_install(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the package were not installed
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--checkpoint", trained_run / "checkpoint_final.pt", "--onnx", "-o", out)
+    assert result.exit_code == 2 and "pip install 'unetr[onnx]'" in result.stderr
+    assert not out.exists()
 
 
 def test_onnx_export_parity(trained_run, tmp_path):

@@ -73,6 +73,10 @@ def export_torchscript(model: torch.nn.Module, settings: Settings, path: Path) -
 def export_onnx(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
     """ONNX (opset 17) with a dynamic batch axis; checked with onnxruntime when it is installed."""
     model = model.eval()
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise UsageError("--onnx needs the onnx package: pip install 'unetr[onnx]'") from None
     example = _parity_input(settings)
     tmp = _temporary(path)
     try:
@@ -127,10 +131,8 @@ def export_safetensors(model: torch.nn.Module, settings: Settings, path: Path) -
 
 
 def _add_onnx_metadata(path: Path, settings: Settings) -> None:
-    try:
-        import onnx
-    except ImportError:  # the model is still valid, it just carries no settings
-        return
+    import onnx
+
     proto = onnx.load(str(path))
     for key, value in metadata(settings).items():
         entry = proto.metadata_props.add()
