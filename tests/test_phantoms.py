@@ -69,7 +69,7 @@ def test_oblique_affine_is_not_axis_aligned():
 
 
 def test_write_dataset_layout_and_folds(tmp_path):
-    datalist = write_dataset(tmp_path, cases=5, seed=1, shape=(32, 32, 16), folds=2)
+    datalist = write_dataset(str(tmp_path), cases=5, seed=1, shape=(32, 32, 16), folds=2)  # str paths too
     listing = json.loads(datalist.read_text())
     assert listing["labels"] == {str(k): v for k, v in BTCV_LABELS.items()}
     assert len(listing["training"]) == 4 and len(listing["validation"]) == 1

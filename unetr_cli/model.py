@@ -1,4 +1,5 @@
-"""Build MONAI's UNETR from settings, and map any accepted state dict onto it.
+"""Build MONAI's UNETR from settings, map any accepted state dict onto it, and load a ready model (with its
+settings) from any weights file.
 
 The official BTCV weights were saved from the reference network, which differs from today's
 `monai.networks.nets.UNETR` by key names only in ways that do not matter for the forward pass:
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from unetr_cli.errors import CheckpointError, UsageError
-from unetr_cli.settings import ModelSettings
+from unetr_cli.settings import ModelSettings, Settings
 
 OBSOLETE_REFERENCE_KEYS = re.compile(
     r"^(vit\.patch_embedding\.cls_token|encoder[23]\.blocks\.\d+\.1\.conv3\.conv\.weight)$"
@@ -187,16 +189,16 @@ def model_with_weights(
 
 
 def load_model(
-    checkpoint,
-    pretrained_dir,
-    pretrained_model_name,
-    trust_torchscript,
-    saved_checkpoint,
-    config,
-    preset,
-    assignments,
+    checkpoint: str | None,
+    pretrained_dir: Path | None,
+    pretrained_model_name: str | None,
+    trust_torchscript: bool,
+    saved_checkpoint: str | None,
+    config: Path | None,
+    preset: str | None,
+    assignments: list[str] | None,
     **flags,
-):
+) -> tuple[Settings, torch.nn.Module, Path]:
     """Weights from any accepted source, settings from the file where it carries them, then flags on top."""
     from unetr_cli.checkpoint import locate_weights, read_weights
     from unetr_cli.settings import input_space, settings_from_cli

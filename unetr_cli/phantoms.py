@@ -1,8 +1,8 @@
 """Synthetic abdominal CT phantoms in the BTCV layout.
 
-Each phantom is built in patient (RAS+ world, millimetre) coordinates: an elliptic body of fat with a
-muscle wall, spine, ribs, paraspinal and psoas muscles, bowel with gas, lung bases, and the 13 BTCV organs
-as smoothly and randomly deformed shapes at anatomically plausible positions (patient right is +x,
+Each phantom is built in patient (RAS+ world, millimetre) coordinates (`anatomy.py`): an elliptic body of
+fat with a muscle wall, spine, ribs, paraspinal and psoas muscles, bowel with gas, lung bases, and the 13 BTCV
+organs as smoothly and randomly deformed shapes at anatomically plausible positions (patient right is +x,
 anterior +y, superior +z). The voxel grid is then laid over that anatomy with a scanner-like affine (LPS as
 most scanners write, some RAS or LAS, optionally oblique), so left and right are correct whatever the
 storage order. HU values follow a portal-venous contrast phase; noise and partial-volume blur come last.
@@ -175,7 +175,7 @@ def _blur_and_noise(image: np.ndarray, rng: np.random.Generator, noise_hu: float
 
 
 def write_dataset(
-    out_dir: Path,
+    out_dir: str | Path,
     cases: int,
     seed: int = 0,
     shape: tuple[int, int, int] | None = None,
@@ -195,6 +195,7 @@ def write_dataset(
     Returns:
         The path of the written datalist.
     """
+    out_dir = Path(out_dir)
     if cases < 1:
         raise ValueError("cases must be at least 1")
     n_val = 0 if cases < 2 else max(1, int(round(cases * validation_fraction)))
