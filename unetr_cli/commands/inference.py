@@ -1,0 +1,251 @@
+"""`unetr predict` and `unetr evaluate`: options to settings and a model, then the inference engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from unetr_cli import options as opt
+from unetr_cli.console import Reporter, error_line, stdout
+from unetr_cli.errors import UsageError
+
+
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="NIfTI scans, folders of them, or glob patterns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (one input) or folder.")],
+    checkpoint: opt.Checkpoint = None,
+    pretrained_dir: opt.PretrainedDir = None,
+    pretrained_model_name: opt.PretrainedModelName = None,
+    trust_torchscript: opt.TrustTorchscript = False,
+    saved_checkpoint: opt.SavedCheckpoint = None,
+    infer_overlap: opt.InferOverlap = None,
+    sw_batch_size: opt.SwBatchSize = None,
+    mode: opt.BlendMode = None,
+    tta: opt.Tta = None,
+    resample: opt.Resample = None,
+    infer_amp: opt.InferAmp = None,
+    device: opt.Device = None,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats", help="Write organ volumes (ml) and mean HU as JSON and CSV.", rich_help_panel="Run"
+        ),
+    ] = False,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview", help="Write a PNG with the labels over three slices.", rich_help_panel="Run"
+        ),
+    ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing", help="Keep outputs that already exist (resume a batch).", rich_help_panel="Run"
+        ),
+    ] = False,
+    overwrite: opt.Overwrite = False,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Segment CT scans; each label map (uint8, BTCV ids) has exactly its scan's shape and affine.
+
+    Preprocessing is the validation pipeline (RAS, training spacing, HU window, body crop); sliding-window
+    inference runs at model resolution and the label map is carried back to the scan's own grid. A label
+    sidecar (.json) and a 3D Slicer colour table (.ctbl) travel with every output.
+
+    Examples:
+      unetr predict scan.nii.gz -o seg.nii.gz --checkpoint runs/btcv/checkpoint_best.pt
+      unetr predict scans/ -o segs/ --checkpoint model.pth --stats --preview --skip-existing
+      unetr predict "data/imagesTs/*.nii.gz" -o segs/ --pretrained-dir pretrained_models --tta
+      unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
+    """
+    from unetr_cli.inference import Segmenter, resolve_device
+    from unetr_cli.model import load_model
+    from unetr_cli.predict import PredictOptions, check_outputs, expand_inputs, plan_outputs, predict_batch
+
+    sources = expand_inputs(inputs)
+    targets = plan_outputs(sources, output)
+    options = PredictOptions(stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing)
+    check_outputs(targets, options)
+    settings, model, weights_path = load_model(
+        checkpoint,
+        pretrained_dir,
+        pretrained_model_name,
+        trust_torchscript,
+        saved_checkpoint,
+        config,
+        preset,
+        set_,
+        **opt.setting_flags(locals()),
+    )
+    options.provenance = {"checkpoint": str(weights_path), "settings": settings.to_dict()}
+    reporter = Reporter(opt.output_mode(quiet, json_output))
+    result = predict_batch(
+        sources,
+        targets,
+        Segmenter(model, settings, resolve_device(settings.inference.device)),
+        options,
+        reporter,
+    )
+    _summarise_batch(result, reporter)
+
+
+def _summarise_batch(result, reporter: Reporter) -> None:
+    reporter.result(
+        f"{len(result.written)} written, {len(result.skipped)} skipped (existing), "
+        f"{len(result.failed)} failed"
+    )
+    reporter.event(
+        "summary", written=len(result.written), skipped=len(result.skipped), failed=len(result.failed)
+    )
+    if result.failed:
+        for source, problem in result.failed.items():
+            error_line(problem if str(source) in problem else f"{source}: {problem}")
+        raise typer.Exit(1)
+
+
+def evaluate(
+    data_dir: opt.DataDir = None,
+    json_list: opt.JsonList = None,
+    split: Annotated[
+        str, typer.Option(help="Datalist split to score: validation or training.", rich_help_panel="Data")
+    ] = "validation",
+    fold: opt.Fold = None,
+    pred_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of predicted label maps to score (no model).",
+            rich_help_panel="Data",
+            file_okay=False,
+        ),
+    ] = None,
+    gt_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of ground-truth label maps, paired by name.", rich_help_panel="Data", file_okay=False
+        ),
+    ] = None,
+    checkpoint: opt.Checkpoint = None,
+    pretrained_dir: opt.PretrainedDir = None,
+    pretrained_model_name: opt.PretrainedModelName = None,
+    trust_torchscript: opt.TrustTorchscript = False,
+    saved_checkpoint: opt.SavedCheckpoint = None,
+    space: Annotated[
+        str,
+        typer.Option(
+            help="original: each scan's own grid; resampled: the model's space, like the reference test.py.",
+            rich_help_panel="Run",
+        ),
+    ] = "original",
+    empty_as_zero: Annotated[
+        bool,
+        typer.Option(
+            "--empty-as-zero",
+            help="Score an organ missing from the truth "
+            "as Dice 0, like the reference (default: n/a when in neither "
+            "map).",
+            rich_help_panel="Run",
+        ),
+    ] = False,
+    hd95: Annotated[
+        bool, typer.Option("--hd95/--no-hd95", help="Compute HD95 distances (slower).", rich_help_panel="Run")
+    ] = True,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Write all numbers as JSON.", rich_help_panel="Run", dir_okay=False),
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv", help="Write per-case, per-organ rows as CSV.", rich_help_panel="Run", dir_okay=False
+        ),
+    ] = None,
+    infer_overlap: opt.InferOverlap = None,
+    sw_batch_size: opt.SwBatchSize = None,
+    mode: opt.BlendMode = None,
+    tta: opt.Tta = None,
+    resample: opt.Resample = None,
+    infer_amp: opt.InferAmp = None,
+    device: opt.Device = None,
+    config: opt.Config = None,
+    preset: opt.Preset = None,
+    set_: opt.Set = None,
+    quiet: opt.Quiet = False,
+    json_output: opt.JsonOutput = False,
+) -> None:
+    """Score segmentations per organ (Dice, HD95 in mm, volume difference) and per case.
+
+    With a model, every case of a datalist split is predicted with the same code as `unetr predict`; with
+    --pred-dir, existing label maps are scored against --gt-dir (paired by name) or the datalist's labels.
+    The exit code is 0 whatever the scores; it is non-zero only for errors.
+
+    Examples:
+      unetr evaluate --data-dir /dataset/dataset0 --checkpoint runs/btcv/checkpoint_best.pt --output r.json
+      unetr evaluate --data-dir D --pretrained-dir pretrained_models --space resampled --empty-as-zero
+      unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --csv scores.csv
+    """
+    from unetr_cli import evaluate as ev
+    from unetr_cli.settings import settings_from_cli
+
+    if space not in ("original", "resampled"):
+        raise UsageError(f"--space {space}: expected original or resampled")
+    if split not in ("validation", "training"):
+        raise UsageError(f"--split {split}: expected validation or training")
+    with_model = checkpoint is not None or pretrained_dir is not None or pretrained_model_name is not None
+    reporter = Reporter(opt.output_mode(quiet, json_output))
+    flags = opt.setting_flags(locals())
+    unpaired: dict[str, list[str]] = {}
+    if with_model:
+        if pred_dir is not None or gt_dir is not None:
+            raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
+        from unetr_cli.inference import Segmenter, resolve_device
+        from unetr_cli.model import load_model
+
+        settings, model, weights_path = load_model(
+            checkpoint,
+            pretrained_dir,
+            pretrained_model_name,
+            trust_torchscript,
+            saved_checkpoint,
+            config,
+            preset,
+            set_,
+            **flags,
+        )
+        segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
+        cases = ev.datalist_cases(ev.split_entries(settings, split), None)
+        score = lambda case: ev.score_model(case, segmenter, space, empty_as_zero, hd95)  # noqa: E731
+    else:
+        if space == "resampled":
+            raise UsageError(
+                "--space resampled needs a model (--checkpoint): label folders have no model space"
+            )
+        settings, weights_path = settings_from_cli(config, preset, set_, **flags), None
+        cases, unpaired = ev.label_map_cases(settings, pred_dir, gt_dir, split, data_dir is not None)
+        for kind, names in unpaired.items():
+            if names:
+                reporter.warn(f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}")
+        classes = settings.model.out_channels
+        score = lambda case: ev.score_files(case, classes, empty_as_zero, hd95)  # noqa: E731
+    evaluation = ev.run_cases(cases, score, reporter)
+    evaluation.unpaired = unpaired
+    summary = ev.summarise(evaluation)
+    context = {
+        "space": space,
+        "empty_as_zero": empty_as_zero,
+        "checkpoint": str(weights_path) if weights_path else None,
+        "settings": settings.to_dict(),
+    }
+    ev.write_results(evaluation, summary, context, output, csv_path)
+    if reporter.mode != "json":
+        stdout.print(ev.results_table(summary, f"unetr evaluate ({space} space)"))
+    reporter.event("summary", **summary)
+    for name, problem in evaluation.failed.items():
+        error_line(f"case {name} failed: {problem}")
+    if evaluation.failed:
+        raise typer.Exit(1)
