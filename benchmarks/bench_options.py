@@ -18,7 +18,7 @@ from common import benchmark_scan, median, standard_checkpoint, write_result
 def _windows(settings, count: int):
     import torch
 
-    from unetr_cli.inference import preprocess_scan
+    from unetr_cli.inference.scan import preprocess_scan
     from unetr_cli.volumes import load_volume
 
     image, info = load_volume(benchmark_scan(200))

@@ -21,12 +21,12 @@ def pure_step_seconds(amp: bool, steps: int = 4) -> float:
     """fwd + bwd + AdamW on random tensors already in memory (bf16 autocast when `amp`)."""
     import torch
 
-    from unetr_cli.engine import _loss, _optimizer
-    from unetr_cli.inference import autocast, autocast_dtype
+    from unetr_cli.devices import autocast, autocast_dtype
     from unetr_cli.model import build_model
-    from unetr_cli.settings import resolve_settings
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.engine import _loss, _optimizer
 
-    settings = resolve_settings(preset="btcv")
+    settings = resolve_settings(SettingsSources(preset="btcv"))
     model = build_model(settings.model)
     optimizer, loss_fn = _optimizer(model, settings), _loss(settings)
     dtype = autocast_dtype(torch.device("cpu"), amp)

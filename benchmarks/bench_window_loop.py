@@ -40,7 +40,8 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from unetr_cli.checkpoint import read_weights
-    from unetr_cli.inference import Segmenter, preprocess_scan
+    from unetr_cli.inference import Segmenter
+    from unetr_cli.inference.scan import preprocess_scan
     from unetr_cli.model import model_with_weights
     from unetr_cli.settings import Settings
     from unetr_cli.volumes import load_volume

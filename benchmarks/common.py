@@ -55,9 +55,9 @@ def standard_checkpoint() -> Path:
 
         from unetr_cli.checkpoint import CHECKPOINT_FORMAT, atomic_save
         from unetr_cli.model import build_model
-        from unetr_cli.settings import resolve_settings
+        from unetr_cli.settings import SettingsSources, resolve_settings
 
-        settings = resolve_settings(preset="btcv")
+        settings = resolve_settings(SettingsSources(preset="btcv"))
         torch.manual_seed(0)
         atomic_save(
             {

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import invoke
 from unetr_cli.errors import SettingsError
-from unetr_cli.settings import Settings, deep_merge, parse_assignments, resolve_settings, settings_from_cli
+from unetr_cli.settings import Settings, SettingsSources, deep_merge, parse_assignments, resolve_settings
 
 
 def test_defaults_are_the_btcv_reference_network():
@@ -50,7 +50,9 @@ def test_config_show_json_precedence_file_env_flag(tmp_path):
 def test_yaml_config_and_set_assignments(tmp_path):
     config = tmp_path / "s.yaml"
     config.write_text("data:\n  spacing: [3, 3, 4]\n  workers: 0\n")
-    settings = settings_from_cli(config, None, ["model.hidden_size=96", "model.num_heads=4"])
+    settings = resolve_settings(
+        SettingsSources(config, assignments=("model.hidden_size=96", "model.num_heads=4"))
+    )
     assert settings.data.spacing == (3.0, 3.0, 4.0)
     assert (settings.model.hidden_size, settings.model.num_heads) == (96, 4)
 
@@ -58,8 +60,8 @@ def test_yaml_config_and_set_assignments(tmp_path):
 def test_preset_sits_below_the_config_file(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("[model]\nfeature_size = 24\n")
-    assert resolve_settings(preset="btcv-fs32").model.feature_size == 32
-    assert resolve_settings(config_file=config, preset="btcv-fs32").model.feature_size == 24
+    assert resolve_settings(SettingsSources(preset="btcv-fs32")).model.feature_size == 32
+    assert resolve_settings(SettingsSources(config, "btcv-fs32")).model.feature_size == 24
 
 
 @pytest.mark.parametrize(
@@ -110,9 +112,9 @@ def test_unparsable_config_file(tmp_path):
     assert "broken.toml: not valid toml" in result.stderr
 
 
-def test_unknown_env_group_field_is_reported():
+def test_unknown_field_in_a_set_assignment_is_reported():
     with pytest.raises(SettingsError, match="model.feature_sise: unknown setting"):
-        settings_from_cli(None, None, ["model.feature_sise=3"])
+        resolve_settings(SettingsSources(assignments=("model.feature_sise=3",)))
 
 
 def test_set_needs_group_and_field():
@@ -126,13 +128,8 @@ def test_unknown_preset_lists_the_known_ones():
     assert "unknown preset 'btvc'" in result.stderr and "btcv-fs32" in result.stderr
 
 
-def test_roi_size_must_match_model():
-    with pytest.raises(SettingsError, match="inference.roi_size 64 must equal model.img_size 96"):
-        settings_from_cli(None, None, ["inference.roi_size=64"])
-
-
 def test_settings_round_trip_through_a_dict():
-    settings = settings_from_cli(None, None, ["data.spacing=[2,2,3]", "runtime.seed=3"])
+    settings = resolve_settings(SettingsSources(), {"data.spacing": (2, 2, 3), "runtime.seed": 3})
     assert Settings.from_dict(settings.to_dict()) == settings
 
 

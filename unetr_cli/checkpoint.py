@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetr_cli.errors import CheckpointError, InputError
+from unetr_cli.errors import CheckpointError, InputError, UsageError
+from unetr_cli.files import atomic_output
 
 CHECKPOINT_FORMAT = "unetr-checkpoint/1"
 
@@ -71,34 +72,10 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def atomic_save(payload: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash or kill at any moment leaves either the old file or the new one, never a torn file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """`torch.save` atomically: a kill at any moment leaves the old file or the new one, never a torn one."""
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
 
 
 # --- formats ----------------------------------------------------------------------------------------------
@@ -212,22 +189,15 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], metadata: dict[str, An
     """Weights plus JSON metadata (settings, labels, version) as safetensors, written atomically."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    try:
+    with atomic_output(path) as tmp:
         save_file(
             tensors,
             str(tmp),
             metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
         )
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes owner-only files; give the usual mode
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 DEFAULT_PRETRAINED_DIR = Path("pretrained_models")
@@ -240,8 +210,6 @@ def locate_weights(
     """Where the weights are: a path, `hub:REPO[/FILE]` (downloaded on demand), or the reference's
     `--pretrained-dir` + `--pretrained-model-name` pair (default pretrained_models/UNETR_model_best_acc.pth).
     """
-    from unetr_cli.errors import UsageError
-
     if spec and spec.startswith("hub:"):
         from unetr_cli.hub import fetch_reference
 
@@ -254,3 +222,13 @@ def locate_weights(
         "no weights given: pass --from/--checkpoint PATH, or --pretrained-dir DIR "
         "[--pretrained-model-name NAME]"
     )
+
+
+def check_saved_kind(weights: LoadedWeights, saved_checkpoint: str | None) -> None:
+    """The reference's `--saved_checkpoint ckpt|torchscript`, checked against what the file really is."""
+    if saved_checkpoint is None:
+        return
+    if saved_checkpoint not in ("ckpt", "torchscript"):
+        raise UsageError(f"--saved-checkpoint {saved_checkpoint}: expected ckpt or torchscript")
+    if (saved_checkpoint == "torchscript") != (weights.kind == "torchscript"):
+        raise UsageError(f"--saved-checkpoint {saved_checkpoint}: {weights.source} is a {weights.kind}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from unetr_cli.files import write_text
+
 SHELLS = {"bash": "unetr.bash", "zsh": "_unetr", "fish": "unetr.fish"}
 
 
@@ -23,13 +25,7 @@ def completion_script(shell: str) -> str:
 
 def write_completions(folder: Path) -> list[Path]:
     """Write one script per shell into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for shell, name in SHELLS.items():
-        path = folder / name
-        path.write_text(completion_script(shell))
-        written.append(path)
-    return written
+    return [write_text(folder / name, completion_script(shell)) for shell, name in SHELLS.items()]
 
 
 if __name__ == "__main__":

@@ -38,10 +38,25 @@ def error_line(message: str) -> None:
     stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
-def warn(message: str) -> None:
-    """A yellow warning on stderr (main process only)."""
-    if is_main_process():
-        stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+def debugging() -> bool:
+    """True under `unetr --debug` or UNETR_DEBUG=1: errors show their traceback."""
+    return os.environ.get("UNETR_DEBUG", "") not in ("", "0")
+
+
+def report_error(err: BaseException) -> int:
+    """Print what a user sees for `err` (the project's errors as their message, anything else as one
+    "unexpected" line) and return the exit code: the error's own, 130 for Ctrl-C, else 1."""
+    from unetr_cli.errors import UnetrError
+
+    if isinstance(err, UnetrError):
+        for line in str(err).splitlines() or [type(err).__name__]:
+            error_line(line)
+        return err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        error_line("interrupted")
+        return 130
+    error_line(f"unexpected {type(err).__name__}: {err} (run `unetr --debug ...` for the traceback)")
+    return 1
 
 
 class Reporter:

@@ -147,7 +147,7 @@ def augmentation(settings: Settings) -> list:
     """The random part of training: crops of the model's window, flips, rotations, intensity jitter."""
     from monai import transforms as T
 
-    keys, data, roi = ("image", "label"), settings.data, (settings.roi_size,) * 3
+    keys, data, roi = ("image", "label"), settings.data, (settings.model.img_size,) * 3
     # The voxel indices a crop sampler draws from are computed once per volume and cached with it
     # (finding them again at every draw costs more than the crop itself).
     if data.crop_sampler == "class_balanced":

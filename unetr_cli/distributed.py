@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -132,10 +131,9 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def shared_run_name() -> str | None:
-    """A run-folder name every rank of a torchrun job agrees on (its rendezvous run id), else None."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    return f"torchrun-{run_id}" if run_id and dist_env().is_distributed else None
+def shared_run_name() -> str:
+    """A run-folder name every rank of a torchrun job agrees on: its rendezvous run id."""
+    return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:
@@ -172,14 +170,15 @@ def maybe_inject_fault(epoch: int) -> None:
 
 
 def launch(
-    worker_args: list[str],
+    module: str,
+    module_args: list[str],
     nproc_per_node: int,
     nnodes: str = "1",
     node_rank: int = 0,
     rdzv_endpoint: str | None = None,
     max_restarts: int = 0,
 ) -> None:
-    """Run `python -m unetr_cli WORKER_ARGS` in `nproc_per_node` processes through PyTorch's elastic launcher
+    """Run `python -m MODULE MODULE_ARGS` in `nproc_per_node` processes through PyTorch's elastic launcher
     (`torch.distributed.run`, the code behind `torchrun`), in this process.
 
     Raises:
@@ -207,7 +206,7 @@ def launch(
     # Share the CPU between the processes instead of torchrun's blanket OMP_NUM_THREADS=1 (and its warning).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
     try:
-        run(get_args_parser().parse_args([*args, "-m", "unetr_cli", *worker_args]))
+        run(get_args_parser().parse_args([*args, "-m", module, *module_args]))
     except ChildFailedError as err:
         # The rank that failed on its own, not the ones the launcher then stopped with SIGTERM.
         rank, failure = min(
@@ -218,12 +217,3 @@ def launch(
             f"distributed training failed: rank {rank} (local rank {failure.local_rank}) exited with code "
             f"{failure.exitcode}{detail}; {len(err.failures)} rank(s) failed, the others were stopped"
         ) from None
-
-
-def write_worker_settings(settings_dict: dict, folder: Path) -> Path:
-    """The launcher's resolved settings, for the workers to read back with --config."""
-    import json
-
-    path = folder / "settings.json"
-    path.write_text(json.dumps(settings_dict))
-    return path

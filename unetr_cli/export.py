@@ -8,7 +8,6 @@ without flags.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from unetr_cli import __version__
 from unetr_cli.checkpoint import save_safetensors
 from unetr_cli.errors import UnetrError, UsageError
+from unetr_cli.files import atomic_output
 from unetr_cli.labels import label_names
 from unetr_cli.settings import Settings
 
@@ -47,26 +47,18 @@ def _parity_input(settings: Settings, batch: int = 1) -> torch.Tensor:
     return torch.rand((batch, settings.model.in_channels, size, size, size), generator=generator)
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def export_torchscript(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
     """Script, save, reload from disk, and compare with the eager model on a random window."""
     model = model.eval()
     scripted = torch.jit.script(model)
     extra = metadata(settings)
-    tmp = _temporary(path)
-    try:
+    with atomic_output(path) as tmp:
         torch.jit.save(
             scripted, str(tmp), _extra_files={k: v for k, v in extra.items() if k.endswith(".json")}
         )
         reloaded = torch.jit.load(str(tmp), map_location="cpu")  # the file we just wrote ourselves
         diff = _max_diff(model, lambda x: reloaded(x), _parity_input(settings))
         _check(diff, path)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportReport(path, "TorchScript", diff)
 
 
@@ -78,8 +70,7 @@ def export_onnx(model: torch.nn.Module, settings: Settings, path: Path) -> Expor
     except ImportError:
         raise UsageError("--onnx needs the onnx package: pip install 'unetr[onnx]'") from None
     example = _parity_input(settings)
-    tmp = _temporary(path)
-    try:
+    with atomic_output(path) as tmp:
         torch.onnx.export(
             model,
             (example,),
@@ -94,20 +85,18 @@ def export_onnx(model: torch.nn.Module, settings: Settings, path: Path) -> Expor
         try:
             import onnxruntime
         except ImportError:
-            os.replace(tmp, path)
-            return ExportReport(
-                path,
-                "ONNX",
-                None,
-                "onnxruntime is not installed (pip install 'unetr[onnx]'): parity not checked",
+            diff = None
+        else:
+            session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            batch = _parity_input(settings, batch=2)  # a different batch size than the export example
+            diff = _max_diff(
+                model, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), batch
             )
-        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        batch = _parity_input(settings, batch=2)  # a different batch size than the export example
-        diff = _max_diff(model, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), batch)
-        _check(diff, path)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            _check(diff, path)
+    if diff is None:
+        return ExportReport(
+            path, "ONNX", None, "onnxruntime is not installed (pip install 'unetr[onnx]'): parity not checked"
+        )
     return ExportReport(path, "ONNX", diff)
 
 

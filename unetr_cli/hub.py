@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetr_cli.errors import HubError, UsageError
+from unetr_cli.files import atomic_output
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TRANSPORT_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
@@ -179,12 +180,8 @@ def download(repo_or_name: str, filename: str | None, revision: str | None, to_d
     cached = fetch(repo_id, filename, revision, entry.sha256 if entry else None)
     to_dir.mkdir(exist_ok=True)
     target = to_dir / Path(filename).name
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(target) as tmp:
         shutil.copyfile(cached, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -37,8 +37,6 @@ BTCV_COLOURS: dict[int, tuple[int, int, int]] = {
     13: (200, 200, 235),
 }
 
-ORGAN_IDS: tuple[int, ...] = tuple(i for i in BTCV_LABELS if i)
-
 
 def label_names(num_classes: int) -> dict[int, str]:
     """Names for classes 0..num_classes-1: BTCV names where they apply, `class K` beyond them."""

@@ -1,5 +1,4 @@
-"""Build MONAI's UNETR from settings, map any accepted state dict onto it, and load a ready model (with its
-settings) from any weights file.
+"""Build MONAI's UNETR from settings and map any accepted state dict onto it.
 
 The official BTCV weights were saved from the reference network, which differs from today's
 `monai.networks.nets.UNETR` by key names only in ways that do not matter for the forward pass:
@@ -13,12 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
-from unetr_cli.errors import CheckpointError, UsageError
-from unetr_cli.settings import ModelSettings, Settings
+from unetr_cli.errors import CheckpointError
+from unetr_cli.settings import ModelSettings
 
 OBSOLETE_REFERENCE_KEYS = re.compile(
     r"^(vit\.patch_embedding\.cls_token|encoder[23]\.blocks\.\d+\.1\.conv3\.conv\.weight)$"
@@ -186,32 +184,3 @@ def model_with_weights(
     model = build_model(settings)
     load_state(model, state, origin=origin)
     return model.eval()
-
-
-def load_model(
-    checkpoint: str | None,
-    pretrained_dir: Path | None,
-    pretrained_model_name: str | None,
-    trust_torchscript: bool,
-    saved_checkpoint: str | None,
-    config: Path | None,
-    preset: str | None,
-    assignments: list[str] | None,
-    **flags,
-) -> tuple[Settings, torch.nn.Module, Path]:
-    """Weights from any accepted source, settings from the file where it carries them, then flags on top."""
-    from unetr_cli.checkpoint import locate_weights, read_weights
-    from unetr_cli.settings import input_space, settings_from_cli
-
-    path = locate_weights(checkpoint, pretrained_dir, pretrained_model_name)
-    weights = read_weights(path, trust_torchscript)
-    if saved_checkpoint is not None:
-        expected = {"ckpt": saved_checkpoint != "torchscript", "torchscript": weights.kind == "torchscript"}
-        if saved_checkpoint not in expected:
-            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: expected ckpt or torchscript")
-        if (saved_checkpoint == "torchscript") != (weights.kind == "torchscript"):
-            raise UsageError(f"--saved-checkpoint {saved_checkpoint}: {path} is a {weights.kind}")
-    settings = settings_from_cli(
-        config, preset, assignments, base=input_space(weights.settings or {}), **flags
-    )
-    return settings, model_with_weights(settings.model, weights.state_dict, str(path)), path

@@ -1,14 +1,18 @@
 """The one typed settings tree shared by every subcommand.
 
-Precedence, lowest first: field defaults < `--preset NAME` < `--config FILE` (TOML or YAML) <
+Precedence, lowest first: field defaults < `--preset NAME` < `--config FILE` (TOML, YAML or JSON) <
 `UNETR_*` environment variables (nested with `__`, e.g. `UNETR_MODEL__FEATURE_SIZE=32`) < command-line flags.
-Unknown keys and wrong types are errors, reported one line per bad field.
+Unknown keys (misspelt environment variables included) and wrong types are errors, one line per bad field.
+Commands resolve their settings once, with `resolve_settings(sources, flags)`, and pass the result inward.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,7 +127,6 @@ class OptimisationSettings(_Group):
 class InferenceSettings(_Group):
     """Sliding-window inference, used by validation, predict and evaluate."""
 
-    roi_size: int | None = Field(None, description="window size; UNETR needs model.img_size (the default)")
     infer_overlap: float = Field(0.5, ge=0.0, lt=1.0)
     sw_batch_size: int | None = Field(
         None,
@@ -174,21 +177,6 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
-    @model_validator(mode="after")
-    def _window_fits_model(self) -> Settings:
-        roi = self.inference.roi_size
-        if roi is not None and roi != self.model.img_size:
-            raise ValueError(
-                f"inference.roi_size {roi} must equal model.img_size {self.model.img_size} "
-                "(the ViT's position embedding is fixed to the window size)"
-            )
-        return self
-
-    @property
-    def roi_size(self) -> int:
-        """The sliding-window size: always the model's input size."""
-        return self.inference.roi_size or self.model.img_size
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict, as stored in run directories and checkpoints."""
         return self.model_dump(mode="json")
@@ -197,9 +185,18 @@ class Settings(BaseSettings):
     def from_dict(cls, values: dict[str, Any]) -> Settings:
         """Rebuild settings stored by `to_dict` (environment variables are not consulted)."""
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(_upgrade_stored(values))
         except ValidationError as err:
             raise SettingsError(format_validation_error(err)) from None
+
+
+def _upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings of earlier versions, read today: `inference.roi_size` (always the model's img_size)
+    is gone."""
+    inference = values.get("inference")
+    if isinstance(inference, dict) and "roi_size" in inference:
+        values = {**values, "inference": {k: v for k, v in inference.items() if k != "roi_size"}}
+    return values
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -217,7 +214,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML or YAML settings file into a nested dict."""
+    """Read a TOML, YAML or JSON settings file into a nested dict."""
     if not path.is_file():
         raise SettingsError(f"{path}: config file not found")
     try:
@@ -248,10 +245,9 @@ def preset_names() -> list[str]:
 
 def read_preset(name: str) -> dict[str, Any]:
     """The settings a named preset changes from the defaults."""
-    path = PRESET_DIR / f"{name}.toml"
-    if not path.is_file():
+    if name not in preset_names():
         raise SettingsError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    return tomllib.loads(path.read_text())
+    return tomllib.loads((PRESET_DIR / f"{name}.toml").read_text())
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -265,34 +261,34 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def flags_to_overrides(**flags: Any) -> dict[str, Any]:
-    """Turn `group__field=value` keyword arguments into a nested dict, dropping flags left unset (None)."""
-    overrides: dict[str, Any] = {}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        group, _, field = key.partition("__")
-        overrides.setdefault(group, {})[field] = value
-    return overrides
+@dataclass(frozen=True)
+class SettingsSources:
+    """Where settings come from besides the defaults and the typed flags: --preset, --config and --set."""
+
+    config: Path | None = None
+    preset: str | None = None
+    assignments: tuple[str, ...] = ()
 
 
 def resolve_settings(
-    config_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    preset: str | None = None,
+    sources: SettingsSources = SettingsSources(),
+    flags: Mapping[str, Any] | None = None,
     base: dict[str, Any] | None = None,
 ) -> Settings:
     """Resolve the settings tree from all sources.
 
     Args:
-        config_file: optional TOML/YAML/JSON file.
-        overrides: nested dict from command-line flags (highest precedence).
-        preset: optional preset name, applied above the defaults and below the config file.
-        base: optional stored settings (e.g. from a checkpoint), applied just above the defaults.
+        sources: preset, config file and `--set GROUP.FIELD=VALUE` assignments.
+        flags: typed command-line flags as `{"group.field": value}`; None means "not given". They win over
+            everything, `--set` included.
+        base: stored settings (a resumed run's, or what a weights file says about its model), applied just
+            above the defaults.
     """
-    layered = deep_merge(base or {}, read_preset(preset) if preset else {})
-    if config_file is not None:
-        layered = deep_merge(layered, read_config_file(config_file))
+    check_environment(os.environ)
+    layered = deep_merge(_upgrade_stored(base or {}), read_preset(sources.preset) if sources.preset else {})
+    if sources.config is not None:
+        layered = deep_merge(layered, read_config_file(sources.config))
+    overrides = deep_merge(parse_assignments(sources.assignments), _nest(flags or {}))
 
     class _Resolved(Settings):
         @classmethod
@@ -300,10 +296,41 @@ def resolve_settings(
             return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=layered))
 
     try:
-        resolved = _Resolved(**(overrides or {}))
+        resolved = _Resolved(**overrides)
     except ValidationError as err:
         raise SettingsError(format_validation_error(err)) from None
     return Settings.from_dict(resolved.to_dict())
+
+
+def _nest(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"model.feature_size": 32}` -> `{"model": {"feature_size": 32}}`, dropping flags left unset (None)."""
+    nested: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is not None:
+            group, field = key.split(".")
+            nested.setdefault(group, {})[field] = value
+    return nested
+
+
+ENV_PREFIX = "UNETR_"
+TOOL_VARIABLES = frozenset({"UNETR_DEBUG", "UNETR_FAULT_INJECT"})  # read by the tool, not settings
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse `UNETR_*` variables that name no setting (pydantic-settings would silently ignore them)."""
+    groups = Settings.model_fields
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in TOOL_VARIABLES:
+            continue
+        group, _, field = upper.removeprefix(ENV_PREFIX).lower().partition("__")
+        if group not in groups:
+            raise SettingsError(
+                f"{name}: unknown settings group {group!r} (expected UNETR_GROUP__FIELD with GROUP one of "
+                f"{', '.join(groups)})"
+            )
+        if field and field not in groups[group].annotation.model_fields:
+            raise SettingsError(f"{name}: {group}.{field}: unknown setting")
 
 
 def input_space(stored: dict[str, Any]) -> dict[str, Any]:
@@ -316,10 +343,10 @@ def input_space(stored: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
+def parse_assignments(assignments: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Turn `--set group.field=value` strings into a nested dict; values are read as JSON when they parse."""
     overrides: dict[str, Any] = {}
-    for item in assignments or []:
+    for item in assignments:
         key, sep, raw = item.partition("=")
         path = key.strip().split(".")
         if not sep or len(path) != 2 or not all(path):
@@ -330,15 +357,3 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
             value = raw
         overrides.setdefault(path[0], {})[path[1]] = value
     return overrides
-
-
-def settings_from_cli(
-    config: Path | None = None,
-    preset: str | None = None,
-    assignments: list[str] | None = None,
-    base: dict[str, Any] | None = None,
-    **flags: Any,
-) -> Settings:
-    """Resolve settings for a command: typed flags (`group__field=value`) win over `--set` assignments."""
-    overrides = deep_merge(parse_assignments(assignments), flags_to_overrides(**flags))
-    return resolve_settings(config_file=config, overrides=overrides, preset=preset, base=base)

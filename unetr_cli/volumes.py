@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from unetr_cli.errors import InputError, OutputExistsError
+from unetr_cli.files import atomic_output
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -139,16 +140,8 @@ def save_nifti(
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
-    try:
+    with atomic_output(path) as tmp:
         nib.save(img, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

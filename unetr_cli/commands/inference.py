@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from unetr_cli import options as opt
+from unetr_cli.commands import options as opt
+from unetr_cli.commands.weights import WeightsOptions, trained_model
 from unetr_cli.console import Reporter, error_line, stdout
 from unetr_cli.errors import UsageError
 
@@ -64,34 +65,41 @@ def predict(
       unetr predict "data/imagesTs/*.nii.gz" -o segs/ --pretrained-dir pretrained_models --tta
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
     """
-    from unetr_cli.inference import Segmenter, resolve_device
-    from unetr_cli.model import load_model
-    from unetr_cli.predict import PredictOptions, check_outputs, expand_inputs, plan_outputs, predict_batch
+    from unetr_cli.devices import resolve_device
+    from unetr_cli.inference.batch import (
+        PredictOptions,
+        check_outputs,
+        expand_inputs,
+        plan_outputs,
+        predict_batch,
+    )
+    from unetr_cli.inference.segmenter import Segmenter
 
-    sources = expand_inputs(inputs)
-    targets = plan_outputs(sources, output)
+    scans = expand_inputs(inputs)
+    targets = plan_outputs(scans, output)
     options = PredictOptions(stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing)
     check_outputs(targets, options)
-    settings, model, weights_path = load_model(
-        checkpoint,
-        pretrained_dir,
-        pretrained_model_name,
-        trust_torchscript,
-        saved_checkpoint,
-        config,
-        preset,
-        set_,
-        **opt.setting_flags(locals()),
+    weights = WeightsOptions(
+        checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
+    ).read()
+    trained = trained_model(
+        weights,
+        opt.sources(config, preset, set_),
+        {
+            "inference.infer_overlap": infer_overlap,
+            "inference.sw_batch_size": sw_batch_size,
+            "inference.blend_mode": mode,
+            "inference.tta": tta,
+            "inference.resample": resample,
+            "inference.amp": infer_amp,
+            "inference.device": device,
+        },
     )
-    options.provenance = {"checkpoint": str(weights_path), "settings": settings.to_dict()}
+    settings = trained.settings
+    options.provenance = {"checkpoint": str(trained.weights_path), "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
-    result = predict_batch(
-        sources,
-        targets,
-        Segmenter(model, settings, resolve_device(settings.inference.device)),
-        options,
-        reporter,
-    )
+    segmenter = Segmenter(trained.network, settings, resolve_device(settings.inference.device))
+    result = predict_batch(scans, targets, segmenter, options, reporter)
     _summarise_batch(result, reporter)
 
 
@@ -189,35 +197,40 @@ def evaluate(
       unetr evaluate --data-dir D --pretrained-dir pretrained_models --space resampled --empty-as-zero
       unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --csv scores.csv
     """
-    from unetr_cli import evaluate as ev
-    from unetr_cli.settings import settings_from_cli
+    from unetr_cli.inference import evaluate as ev
+    from unetr_cli.settings import resolve_settings
 
     if space not in ("original", "resampled"):
         raise UsageError(f"--space {space}: expected original or resampled")
     if split not in ("validation", "training"):
         raise UsageError(f"--split {split}: expected validation or training")
-    with_model = checkpoint is not None or pretrained_dir is not None or pretrained_model_name is not None
+    weights_options = WeightsOptions(
+        checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
+    )
     reporter = Reporter(opt.output_mode(quiet, json_output))
-    flags = opt.setting_flags(locals())
+    sources = opt.sources(config, preset, set_)
+    flags = {
+        "data.data_dir": data_dir,
+        "data.json_list": json_list,
+        "data.fold": fold,
+        "inference.infer_overlap": infer_overlap,
+        "inference.sw_batch_size": sw_batch_size,
+        "inference.blend_mode": mode,
+        "inference.tta": tta,
+        "inference.resample": resample,
+        "inference.amp": infer_amp,
+        "inference.device": device,
+    }
     unpaired: dict[str, list[str]] = {}
-    if with_model:
+    if weights_options.given:
         if pred_dir is not None or gt_dir is not None:
             raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
-        from unetr_cli.inference import Segmenter, resolve_device
-        from unetr_cli.model import load_model
+        from unetr_cli.devices import resolve_device
+        from unetr_cli.inference.segmenter import Segmenter
 
-        settings, model, weights_path = load_model(
-            checkpoint,
-            pretrained_dir,
-            pretrained_model_name,
-            trust_torchscript,
-            saved_checkpoint,
-            config,
-            preset,
-            set_,
-            **flags,
-        )
-        segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
+        trained = trained_model(weights_options.read(), sources, flags)
+        settings, weights_path = trained.settings, trained.weights_path
+        segmenter = Segmenter(trained.network, settings, resolve_device(settings.inference.device))
         cases = ev.datalist_cases(ev.split_entries(settings, split), None)
         score = lambda case: ev.score_model(case, segmenter, space, empty_as_zero, hd95)  # noqa: E731
     else:
@@ -225,7 +238,7 @@ def evaluate(
             raise UsageError(
                 "--space resampled needs a model (--checkpoint): label folders have no model space"
             )
-        settings, weights_path = settings_from_cli(config, preset, set_, **flags), None
+        settings, weights_path = resolve_settings(sources, flags), None
         cases, unpaired = ev.label_map_cases(settings, pred_dir, gt_dir, split, data_dir is not None)
         for kind, names in unpaired.items():
             if names:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from unetr_cli import options as opt
+from unetr_cli.commands import options as opt
+from unetr_cli.commands.weights import WeightsOptions, trained_model
 from unetr_cli.console import stdout
 from unetr_cli.errors import OutputExistsError, UsageError
 
@@ -48,32 +49,25 @@ def export(
       unetr export --checkpoint UNETR_model_best_acc.pth --preset btcv --safetensors -o unetr.safetensors
     """
     from unetr_cli import export as exporting
-    from unetr_cli.checkpoint import locate_weights, read_weights
-    from unetr_cli.model import load_model
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
     if output.exists() and not overwrite:
         raise OutputExistsError(output)
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
-    path = locate_weights(checkpoint, pretrained_dir, pretrained_model_name)
+    weights = WeightsOptions(checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript).read()
     named = any(v is not None for v in (feature_size, img_size, out_channels, config, preset, set_))
-    if not read_weights(path, trust_torchscript).settings and not named:
+    if not weights.settings and not named:
         raise UsageError(
-            f"{path}: holds no model settings; name the architecture with --preset btcv (the official "
-            "BTCV weights) or --feature-size/--img-size/--out-channels"
+            f"{weights.source}: holds no model settings; name the architecture with --preset btcv (the "
+            "official BTCV weights) or --feature-size/--img-size/--out-channels"
         )
-    settings, model, _ = load_model(
-        checkpoint,
-        pretrained_dir,
-        pretrained_model_name,
-        trust_torchscript,
-        None,
-        config,
-        preset,
-        set_,
-        **opt.setting_flags(locals()),
+    trained = trained_model(
+        weights,
+        opt.sources(config, preset, set_),
+        {"model.feature_size": feature_size, "model.img_size": img_size, "model.out_channels": out_channels},
     )
+    settings, model = trained.settings, trained.network
     exporter = {
         "torchscript": exporting.export_torchscript,
         "onnx": exporting.export_onnx,

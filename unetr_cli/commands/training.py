@@ -1,4 +1,5 @@
-"""`unetr train` and `unetr finetune`: options to settings, then `launch.run_training`."""
+"""`unetr train` and `unetr finetune`: options to settings flags and run options, then
+`training.launch.start_training`, which resolves the settings once and trains here or through torchrun."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from unetr_cli import options as opt
+from unetr_cli.commands import options as opt
 
 
 def train(
@@ -60,14 +61,39 @@ def train(
       unetr train --resume --logdir runs/tiny
       unetr train --data-dir /dataset/dataset0 --nproc-per-node 4 --scale-lr
     """
-    from unetr_cli.engine import FitOptions
-    from unetr_cli.launch import Launch, run_training
+    from unetr_cli.training.engine import RunOptions
+    from unetr_cli.training.launch import Launch, start_training
 
-    flags = opt.setting_flags(locals())
-    options = FitOptions(resume=resume, overwrite=overwrite, stop_after_epochs=stop_after)
-    launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
-    run_training(
-        "train", logdir, config, preset, set_, flags, options, opt.output_mode(quiet, json_output), launch
+    start_training(
+        sources=opt.sources(config, preset, set_),
+        flags={
+            "data.data_dir": data_dir,
+            "data.json_list": json_list,
+            "data.fold": fold,
+            "data.workers": workers,
+            "data.cache_rate": cache_rate,
+            "model.feature_size": feature_size,
+            "model.img_size": img_size,
+            "model.pos_embed": pos_embed,
+            "optimisation.optimizer": optimizer,
+            "optimisation.lr": lr,
+            "optimisation.lrschedule": lrschedule,
+            "optimisation.warmup_epochs": warmup_epochs,
+            "optimisation.max_epochs": max_epochs,
+            "optimisation.batch_size": batch_size,
+            "optimisation.val_every": val_every,
+            "optimisation.amp": amp,
+            "optimisation.scale_lr": scale_lr,
+            "inference.infer_overlap": infer_overlap,
+            "inference.sw_batch_size": sw_batch_size,
+            "inference.device": device,
+            "runtime.seed": seed,
+            "runtime.save_checkpoint": save_checkpoint,
+        },
+        logdir=logdir,
+        options=RunOptions(resume=resume, overwrite=overwrite, stop_after_epochs=stop_after),
+        output_mode=opt.output_mode(quiet, json_output),
+        launch=Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts),
     )
 
 
@@ -127,39 +153,38 @@ def finetune(
       unetr finetune --from UNETR_model_best_acc.pt --trust-torchscript --data-dir D
       unetr finetune --from runs/btcv/checkpoint_best.pt --out-channels 5 --reinit-head --data-dir my_organs
     """
-    from unetr_cli.checkpoint import locate_weights, read_weights
-    from unetr_cli.engine import FitOptions
-    from unetr_cli.launch import Launch, run_training
+    from unetr_cli.checkpoint import locate_weights
+    from unetr_cli.training.engine import RunOptions
+    from unetr_cli.training.launch import FinetuneFrom, Launch, start_training
 
-    weights_path = locate_weights(from_, pretrained_dir, pretrained_model_name)
-    weights = read_weights(weights_path, trust_torchscript)
-    flags = opt.setting_flags(locals())
-    options = FitOptions(
-        overwrite=overwrite,
-        stop_after_epochs=stop_after,
-        init_weights=weights,
-        reinit_head=reinit_head,
-        freeze_encoder=freeze_encoder,
-    )
-    launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts)
-    worker_flags = ["--from", str(weights_path)] + [
-        flag
-        for flag, on in (
-            ("--trust-torchscript", trust_torchscript),
-            ("--reinit-head", reinit_head),
-            ("--freeze-encoder", freeze_encoder),
-        )
-        if on
-    ]
-    run_training(
-        "finetune",
-        logdir,
-        config,
-        preset,
-        set_,
-        flags,
-        options,
-        opt.output_mode(quiet, json_output),
-        launch,
-        worker_flags,
+    start_training(
+        sources=opt.sources(config, preset, set_),
+        flags={
+            "data.data_dir": data_dir,
+            "data.json_list": json_list,
+            "data.fold": fold,
+            "data.workers": workers,
+            "model.feature_size": feature_size,
+            "model.out_channels": out_channels,
+            "optimisation.lr": lr,
+            "optimisation.lrschedule": lrschedule,
+            "optimisation.warmup_epochs": warmup_epochs,
+            "optimisation.max_epochs": max_epochs,
+            "optimisation.batch_size": batch_size,
+            "optimisation.val_every": val_every,
+            "optimisation.amp": amp,
+            "optimisation.scale_lr": scale_lr,
+            "inference.device": device,
+            "runtime.seed": seed,
+        },
+        logdir=logdir,
+        options=RunOptions(overwrite=overwrite, stop_after_epochs=stop_after),
+        output_mode=opt.output_mode(quiet, json_output),
+        launch=Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts),
+        finetune=FinetuneFrom(
+            locate_weights(from_, pretrained_dir, pretrained_model_name),
+            trust_torchscript=trust_torchscript,
+            reinit_head=reinit_head,
+            freeze_encoder=freeze_encoder,
+        ),
     )

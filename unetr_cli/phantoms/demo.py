@@ -29,13 +29,13 @@ class DemoResult:
 
 
 def run_demo(
-    out: Path, minutes: float, cases: int, seed: int, device: str, overwrite: bool, reporter: Reporter
+    *, out: Path, minutes: float, cases: int, seed: int, device: str, overwrite: bool, reporter: Reporter
 ) -> DemoResult:
     """Run the demo into `out`; `minutes` bounds the training time."""
-    from unetr_cli.engine import FitOptions, fit
-    from unetr_cli.phantoms import make_phantom, write_dataset
-    from unetr_cli.rundir import RunDir
-    from unetr_cli.settings import settings_from_cli
+    from unetr_cli.phantoms.generator import make_phantom, write_dataset
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.engine import RunOptions, fit
+    from unetr_cli.training.rundir import RunDir
     from unetr_cli.volumes import save_nifti
 
     started = time.monotonic()
@@ -52,20 +52,22 @@ def run_demo(
     save_nifti(scan.label, scan.affine, held_out / "truth.nii.gz")
 
     reporter.info(f"[bold]2/4[/] training the demo preset for at most {minutes:g} minutes", markup=True)
-    settings = settings_from_cli(
-        None,
-        "demo",
-        None,
-        data__data_dir=data,
-        runtime__seed=seed,
-        runtime__logdir=run_path,
-        inference__device=device,
+    settings = resolve_settings(
+        SettingsSources(preset="demo"),
+        {
+            "data.data_dir": data,
+            "runtime.seed": seed,
+            "runtime.logdir": run_path,
+            "inference.device": device,
+        },
     )
-    budget = FitOptions(overwrite=True, time_budget_s=minutes * 60.0)
+    budget = RunOptions(overwrite=True, time_budget_s=minutes * 60.0)
     result = fit(settings, RunDir(run_path), reporter, budget)
 
     reporter.info("[bold]3/4[/] scoring the held-out validation phantoms on their own grids", markup=True)
-    mean_dice = _evaluate(run_path / "checkpoint_latest.pt", settings, reporter, out / "evaluation.json")
+    checkpoint = run_path / "checkpoint_latest.pt"
+    segmenter = _segmenter(checkpoint, settings)
+    mean_dice = _evaluate(segmenter, checkpoint, reporter, out / "evaluation.json")
     if not mean_dice >= MIN_MEAN_DICE:
         raise TrainingError(
             f"the demo model did not learn: mean organ Dice {mean_dice:.3f} after "
@@ -73,15 +75,15 @@ def run_demo(
         )
 
     reporter.info("[bold]4/4[/] segmenting a held-out scan in its own space", markup=True)
-    predicted = _predict(run_path / "checkpoint_latest.pt", settings, scan_path, held_out / "scan_seg.nii.gz")
-    from unetr_cli.evaluate import Case, score_files
+    predicted = _predict(segmenter, checkpoint, scan_path, held_out / "scan_seg.nii.gz")
+    from unetr_cli.inference.evaluate import Case, score_files
 
     held_out_dice = score_files(Case("held-out", held_out / "truth.nii.gz", predicted), 14, False, False)[
         "mean_dice"
     ]
     artefacts = {
         "dataset": data / "dataset_0.json",
-        "checkpoint": run_path / "checkpoint_latest.pt",
+        "checkpoint": checkpoint,
         "training curves": run_path / "progress.png",
         "metrics log": run_path / "metrics.jsonl",
         "evaluation": out / "evaluation.json",
@@ -94,12 +96,11 @@ def run_demo(
     )
 
 
-def _evaluate(checkpoint: Path, settings, reporter: Reporter, output: Path):
-    from unetr_cli import evaluate as ev
+def _evaluate(segmenter, checkpoint: Path, reporter: Reporter, output: Path):
     from unetr_cli.data import read_datalist
+    from unetr_cli.inference import evaluate as ev
 
-    segmenter = _segmenter(checkpoint, settings)
-
+    settings = segmenter.settings
     cases = ev.datalist_cases(read_datalist(settings.data.data_dir, settings.data.json_list).validation, None)
     evaluation = ev.run_cases(
         cases, lambda case: ev.score_model(case, segmenter, "original", False), reporter
@@ -117,15 +118,14 @@ def _evaluate(checkpoint: Path, settings, reporter: Reporter, output: Path):
     return summary["mean_dice"] or 0.0
 
 
-def _predict(checkpoint: Path, settings, scan: Path, output: Path) -> Path:
-    from unetr_cli.predict import PredictOptions, predict_batch
+def _predict(segmenter, checkpoint: Path, scan: Path, output: Path) -> Path:
+    from unetr_cli.inference.batch import PredictOptions, predict_batch
 
-    segmenter = _segmenter(checkpoint, settings)
     options = PredictOptions(
         stats=True,
         preview=True,
         overwrite=True,
-        provenance={"checkpoint": str(checkpoint), "settings": settings.to_dict()},
+        provenance={"checkpoint": str(checkpoint), "settings": segmenter.settings.to_dict()},
     )
     batch = predict_batch([scan], [output], segmenter, options, Reporter("quiet"))
     if batch.failed:
@@ -134,9 +134,11 @@ def _predict(checkpoint: Path, settings, scan: Path, output: Path) -> Path:
 
 
 def _segmenter(checkpoint: Path, settings):
+    """The trained demo model, loaded once for scoring and prediction."""
     from unetr_cli.checkpoint import read_weights
-    from unetr_cli.inference import Segmenter, resolve_device
+    from unetr_cli.devices import resolve_device
+    from unetr_cli.inference.segmenter import Segmenter
     from unetr_cli.model import model_with_weights
 
-    model = model_with_weights(settings.model, read_weights(checkpoint).state_dict)
+    model = model_with_weights(settings.model, read_weights(checkpoint).state_dict, str(checkpoint))
     return Segmenter(model, settings, resolve_device(settings.inference.device))

@@ -7,6 +7,7 @@ model's resampled and cropped space, the way the reference test.py and training 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -17,9 +18,10 @@ import numpy as np
 
 from unetr_cli.console import Reporter
 from unetr_cli.errors import InputError, UnetrError, UsageError
+from unetr_cli.files import write_text
+from unetr_cli.inference.reports import output_stem
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import organ_metrics
-from unetr_cli.reports import output_stem
 from unetr_cli.volumes import NIFTI_SUFFIXES, load_volume
 
 
@@ -154,7 +156,7 @@ def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_dis
         truth = sample["label"].as_tensor()[0].numpy().round().astype(np.int64)
         rows = organ_metrics(pred, truth, settings.data.spacing, classes, empty_as_zero, with_distance)
         return _case_record(case, rows, classes)
-    from unetr_cli.inference import predict_scan
+    from unetr_cli.inference.scan import predict_scan
 
     truth, truth_info = _checked_labels(case.truth, classes, "truth")
     prediction = predict_scan(case.image, segmenter)
@@ -265,27 +267,24 @@ def write_results(
             "failed": evaluation.failed,
             "unpaired": evaluation.unpaired,
         }
-        tmp = json_path.with_name(f".{json_path.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(json_path)
+        write_text(json_path, json.dumps(payload, indent=2) + "\n")
     if csv_path is not None:
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["case", "organ", "dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_diff_ml"]
-            )
-            for case in evaluation.cases:
-                for organ, m in case["organs"].items():
-                    writer.writerow(
-                        [
-                            case["case"],
-                            organ,
-                            m["dice"],
-                            m["hd95_mm"],
-                            m["volume_pred_ml"],
-                            m["volume_true_ml"],
-                            m["volume_diff_ml"],
-                        ]
-                    )
-        tmp.replace(csv_path)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(
+            ["case", "organ", "dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_diff_ml"]
+        )
+        for case in evaluation.cases:
+            for organ, m in case["organs"].items():
+                writer.writerow(
+                    [
+                        case["case"],
+                        organ,
+                        m["dice"],
+                        m["hd95_mm"],
+                        m["volume_pred_ml"],
+                        m["volume_true_ml"],
+                        m["volume_diff_ml"],
+                    ]
+                )
+        write_text(csv_path, buffer.getvalue())

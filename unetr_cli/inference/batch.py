@@ -12,14 +12,15 @@ from pathlib import Path
 
 from unetr_cli.console import Reporter
 from unetr_cli.errors import InputError, OutputExistsError, UnetrError, UsageError
-from unetr_cli.inference import Segmenter, predict_scan
-from unetr_cli.reports import (
+from unetr_cli.inference.reports import (
     organ_statistics,
     output_stem,
     write_label_sidecars,
     write_preview,
     write_statistics,
 )
+from unetr_cli.inference.scan import predict_scan
+from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.volumes import NIFTI_SUFFIXES, is_nifti, save_nifti
 
 

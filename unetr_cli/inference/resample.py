@@ -1,155 +1,12 @@
-"""Sliding-window segmentation and mapping label maps back to a scan's own voxel grid.
+"""Carrying a segmentation from the model's grid back to a scan's own voxel grid, through the two affines.
 
-`Segmenter` turns a preprocessed volume into a label map at model resolution (the argmax happens once, there);
-`resample_labels` carries that label map to any other grid through the two affines, which undoes the crop,
-the resampling and the reorientation in one step and works for oblique scans too.
+That undoes the crop, the resampling and the reorientation in one step and works for oblique scans too.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
-
-from unetr_cli.errors import UsageError
-from unetr_cli.model import for_inference
-from unetr_cli.settings import Settings
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` is the first GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast is ~3x faster."""
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(check and check())
-
-
-def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The autocast dtype for `device`: bf16 on GPUs that support it, else fp16; bf16 on capable CPUs."""
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """`torch.autocast` for `dtype`, or a no-op context when it is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class Segmenter:
-    """A model plus the sliding-window settings: preprocessed image in, label map at model resolution out."""
-
-    def __init__(
-        self, model: torch.nn.Module, settings: Settings, device: torch.device, tune_model: bool = True
-    ):
-        """`tune_model=False` uses the model as it is (training validation: its weights must keep their
-        layout for the optimiser and DDP)."""
-        inference = settings.inference
-        self.settings = settings
-        self.device = device
-        self.dtype = autocast_dtype(device, inference.amp)
-        # Defaults from benchmarks/bench_options.py: one window at a time and channels_last_3d with bf16 are
-        # fastest on CPU; GPUs want batches.
-        self.sw_batch_size = inference.sw_batch_size or (4 if device.type == "cuda" else 1)
-        channels_last = inference.channels_last
-        if channels_last is None:
-            channels_last = device.type == "cpu" and self.dtype == torch.bfloat16
-        self.channels_last = bool(channels_last)
-        self.model = for_inference(model).to(device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
-        self.aggregate_on_cpu = False
-        self.notes: list[str] = []
-
-    @torch.no_grad()
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Class scores (1, C, X, Y, Z) for a (1, 1, X, Y, Z) image, averaged over flips with TTA."""
-        flips = _tta_flips() if self.settings.inference.tta else [()]
-        total = None
-        for dims in flips:
-            view = torch.flip(image, dims) if dims else image
-            out = self._sliding_window(view)
-            out = torch.flip(out, dims) if dims else out
-            total = out if total is None else total.add_(out)
-        return total / len(flips) if len(flips) > 1 else total
-
-    @torch.no_grad()
-    def labels(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 label map (X, Y, Z) for a (1, 1, X, Y, Z) or (1, X, Y, Z) preprocessed image."""
-        if image.ndim == 4:
-            image = image[None]
-        return torch.argmax(self.logits(image)[0], dim=0).to(torch.uint8).cpu()
-
-    def _sliding_window(self, image: torch.Tensor) -> torch.Tensor:
-        """One sliding-window pass; on GPU out-of-memory retry with smaller batches, then aggregate on CPU."""
-        while True:
-            try:
-                return self._run_windows(image)
-            except torch.OutOfMemoryError:
-                if self.device.type != "cuda":
-                    raise
-                torch.cuda.empty_cache()
-                if self.sw_batch_size > 1:
-                    self.sw_batch_size //= 2
-                    self._note(f"GPU out of memory: retrying with --sw-batch-size {self.sw_batch_size}")
-                elif not self.aggregate_on_cpu:
-                    self.aggregate_on_cpu = True
-                    self._note("GPU out of memory: aggregating windows in CPU memory")
-                else:
-                    raise
-
-    def _run_windows(self, image: torch.Tensor) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
-        inference = self.settings.inference
-        output_device = torch.device("cpu") if self.aggregate_on_cpu else self.device
-        with autocast(self.device, self.dtype):
-            return sliding_window_inference(
-                inputs=image.to(self.device),
-                roi_size=(self.settings.roi_size,) * 3,
-                sw_batch_size=self.sw_batch_size,
-                predictor=self._forward,
-                overlap=inference.infer_overlap,
-                mode=inference.blend_mode,
-                sw_device=self.device,
-                device=output_device,
-            )
-
-    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            windows = windows.contiguous(memory_format=torch.channels_last_3d)
-        # Aggregation runs in fp32 on contiguous buffers: hand it those (saves a strided copy per window).
-        return self.model(windows).float().contiguous()
-
-    def _note(self, message: str) -> None:
-        if message not in self.notes:
-            self.notes.append(message)
-
-
-def _tta_flips() -> list[tuple[int, ...]]:
-    """The 8 combinations of flipping the three spatial axes of a (B, C, X, Y, Z) tensor."""
-    axes = (2, 3, 4)
-    return [tuple(a for bit, a in enumerate(axes) if mask >> bit & 1) for mask in range(8)]
-
-
-# --- back to the scan's grid ------------------------------------------------------------------------------
 
 
 def resample_labels(
@@ -192,7 +49,7 @@ def resample_labels(
     return out
 
 
-_SLAB = 16  # source slices (first axis) converted at a time
+SLAB = 16  # source slices (first axis) converted at a time
 _CORNERS = np.array([(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.int64)
 
 
@@ -209,8 +66,8 @@ class _VotingGrid:
             # slab at a time so no second full-size copy exists; the border is certain background.
             rows = np.zeros((*padded.shape, len(probabilities)), dtype=np.asarray(probabilities[:, :1]).dtype)
             rows[..., 0] = 1.0
-            for start in range(0, labels.shape[0], _SLAB):
-                block = np.asarray(probabilities[:, start : start + _SLAB])
+            for start in range(0, labels.shape[0], SLAB):
+                block = np.asarray(probabilities[:, start : start + SLAB])
                 rows[1 + start : 1 + start + block.shape[1], 1:-1, 1:-1] = np.moveaxis(block, 0, -1)
             self.probabilities = torch.from_numpy(rows.reshape(-1, rows.shape[-1]))
         uniform = np.ones(tuple(s - 1 for s in padded.shape), dtype=bool)
@@ -346,59 +203,3 @@ def _interpolated_argmax(
         weight = (upper[0] if a else lower[0]) * (upper[1] if b else lower[1]) * (upper[2] if c else lower[2])
         total += probabilities.index_select(0, origin + int(offset)) * weight[:, None]
     return torch.argmax(total, dim=1).to(torch.uint8).numpy()
-
-
-# --- one scan, end to end ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ScanPrediction:
-    """A label map on the scan's own grid, with the scan it belongs to."""
-
-    labels: np.ndarray
-    image: np.ndarray
-    nifti: object
-    path: Path
-
-
-def preprocess_scan(image: np.ndarray, affine: np.ndarray, settings: Settings):
-    """Validation preprocessing of an in-memory scan: returns the model-grid MetaTensor (1, X, Y, Z)."""
-    from monai import transforms as T
-    from monai.data import MetaTensor
-
-    from unetr_cli.data import to_model_space
-
-    tensor = MetaTensor(  # in its stored dtype: reorientation copies it, resampling makes it float32
-        torch.from_numpy(np.ascontiguousarray(image))[None],
-        affine=torch.as_tensor(affine, dtype=torch.float64),
-    )
-    return T.Compose(to_model_space(settings, keys=("image",)))({"image": tensor})["image"]
-
-
-def class_probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax over the class axis of (C, X, Y, Z) scores as float16, a slab at a time (no full-size fp32
-    temporary besides the scores themselves)."""
-    probabilities = np.empty(tuple(logits.shape), dtype=np.float16)
-    for start in range(0, logits.shape[1], _SLAB):
-        block = torch.softmax(logits[:, start : start + _SLAB].float(), dim=0)
-        probabilities[:, start : start + _SLAB] = block.to(torch.float16).numpy()
-    return probabilities
-
-
-def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
-    """Segment one scan file and return the label map on the scan's own grid (shape and affine)."""
-    from unetr_cli.volumes import load_volume, read_info
-
-    nifti, _ = read_info(path)
-    image, info = load_volume(path)
-    model_input = preprocess_scan(image, info.affine, segmenter.settings)
-    model_affine = model_input.affine.numpy().astype(np.float64)
-    logits = segmenter.logits(model_input.as_tensor()[None])[0]
-    del model_input
-    labels = torch.argmax(logits, dim=0).to(torch.uint8).numpy()
-    probabilities = None
-    if segmenter.settings.inference.resample == "probabilities":
-        probabilities = class_probabilities(logits)
-    del logits
-    native = resample_labels(labels, model_affine, info.shape, info.affine, probabilities)
-    return ScanPrediction(native, image, nifti, Path(path))

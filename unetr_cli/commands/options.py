@@ -1,7 +1,8 @@
 """Option declarations shared by the commands, declared once.
 
 Each alias names the flag, its reference spelling where the research code had one, and the help panel.
-Options default to None so an unset flag never hides a config file or environment value.
+Options default to None so an unset flag never hides a config file or environment value. A command hands its
+flags to `resolve_settings` as `{"group.field": value}`, so each flag can be followed to the field it sets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from unetr_cli.settings import preset_names
+from unetr_cli.settings import SettingsSources, preset_names
 
 _SETTINGS, _MODEL, _DATA, _OPTIM, _INFER, _RUN = (
     "Settings",
@@ -31,7 +32,7 @@ def _preset_names() -> list[str]:
 Config = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="TOML or YAML settings file.", rich_help_panel=_SETTINGS, dir_okay=False
+        "--config", "-c", help="TOML, YAML or JSON settings file.", rich_help_panel=_SETTINGS, dir_okay=False
     ),
 ]
 Preset = Annotated[
@@ -66,7 +67,6 @@ ImgSize = Annotated[
         rich_help_panel=_MODEL,
     ),
 ]
-HiddenSize = Annotated[int | None, typer.Option(help="ViT hidden size.", rich_help_panel=_MODEL)]
 PosEmbed = Annotated[
     str | None, typer.Option(help="Patch embedding: perceptron or conv.", rich_help_panel=_MODEL)
 ]
@@ -178,41 +178,9 @@ TrustTorchscript = Annotated[
 ]
 
 
-# Which setting each command parameter sets (parameter names are the same in every command).
-SETTING_OF_PARAMETER = {
-    "data_dir": "data__data_dir",
-    "json_list": "data__json_list",
-    "fold": "data__fold",
-    "workers": "data__workers",
-    "cache_rate": "data__cache_rate",
-    "feature_size": "model__feature_size",
-    "img_size": "model__img_size",
-    "pos_embed": "model__pos_embed",
-    "out_channels": "model__out_channels",
-    "optimizer": "optimisation__optimizer",
-    "lr": "optimisation__lr",
-    "lrschedule": "optimisation__lrschedule",
-    "warmup_epochs": "optimisation__warmup_epochs",
-    "max_epochs": "optimisation__max_epochs",
-    "batch_size": "optimisation__batch_size",
-    "val_every": "optimisation__val_every",
-    "amp": "optimisation__amp",
-    "scale_lr": "optimisation__scale_lr",
-    "infer_overlap": "inference__infer_overlap",
-    "sw_batch_size": "inference__sw_batch_size",
-    "mode": "inference__blend_mode",
-    "tta": "inference__tta",
-    "resample": "inference__resample",
-    "infer_amp": "inference__amp",
-    "device": "inference__device",
-    "seed": "runtime__seed",
-    "save_checkpoint": "runtime__save_checkpoint",
-}
-
-
-def setting_flags(parameters: dict) -> dict:
-    """The settings a command's parameters name (`settings_from_cli` keywords); unset ones stay None."""
-    return {SETTING_OF_PARAMETER[k]: v for k, v in parameters.items() if k in SETTING_OF_PARAMETER}
+def sources(config: Path | None, preset: str | None, assignments: list[str] | None) -> SettingsSources:
+    """The --config, --preset and --set options as one typed value."""
+    return SettingsSources(config, preset, tuple(assignments or ()))
 
 
 def output_mode(quiet: bool, json_output: bool) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import TINY_SHAPE, invoke
 from unetr_cli.labels import BTCV_LABELS
-from unetr_cli.phantoms import default_grid, make_phantom, scanner_affine, write_dataset
+from unetr_cli.phantoms.generator import default_grid, make_phantom, scanner_affine, write_dataset
 
 
 def _centroid_world(phantom, label):

@@ -31,9 +31,9 @@ def test_official_formats_load_into_the_standard_model(tmp_path, wrapping):
 
 def _tiny_raw_state_dict(path, out_channels: int = 14):
     from unetr_cli.model import build_model
-    from unetr_cli.settings import resolve_settings
+    from unetr_cli.settings import SettingsSources, resolve_settings
 
-    settings = resolve_settings(preset="tiny-cpu", overrides={"model": {"out_channels": out_channels}})
+    settings = resolve_settings(SettingsSources(preset="tiny-cpu"), {"model.out_channels": out_channels})
     torch.manual_seed(3)
     torch.save({f"module.{k}": v for k, v in build_model(settings.model).state_dict().items()}, path)
     return path

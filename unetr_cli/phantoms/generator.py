@@ -1,6 +1,6 @@
 """Synthetic abdominal CT phantoms in the BTCV layout.
 
-Each phantom is built in patient (RAS+ world, millimetre) coordinates (`anatomy.py`): an elliptic body of
+Each phantom is built in patient (RAS+ world, millimetre) coordinates (`anatomy`): an elliptic body of
 fat with a muscle wall, spine, ribs, paraspinal and psoas muscles, bowel with gas, lung bases, and the 13 BTCV
 organs as smoothly and randomly deformed shapes at anatomically plausible positions (patient right is +x,
 anterior +y, superior +z). The voxel grid is then laid over that anatomy with a scanner-like affine (LPS as
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unetr_cli.anatomy import AIR_HU, FAT_HU, MUSCLE_HU, build_anatomy, paint, rotation
+from unetr_cli.files import write_text
 from unetr_cli.labels import BTCV_LABELS
+from unetr_cli.phantoms.anatomy import AIR_HU, FAT_HU, MUSCLE_HU, build_anatomy, paint, rotation
 from unetr_cli.volumes import save_nifti
 
 # Paint order: later organs win where shapes touch (vessels stay continuous).
@@ -143,7 +144,7 @@ def make_phantom(
         hu = np.full(len(points), AIR_HU, dtype=np.float32)
         organ = np.zeros(len(points), dtype=np.uint8)
         paint(hu, points, anatomy.body, FAT_HU)
-        paint(hu, points, anatomy.wall_inner, MUSCLE_HU)
+        paint(hu, points, anatomy.wall, MUSCLE_HU)
         paint(hu, points, anatomy.cavity, FAT_HU + 10.0)
         for tissue, value in anatomy.tissues:
             paint(hu, points, tissue, value)
@@ -225,6 +226,4 @@ def write_dataset(
         "training": training,
         "validation": validation,
     }
-    path = out_dir / "dataset_0.json"
-    path.write_text(json.dumps(datalist, indent=2) + "\n")
-    return path
+    return write_text(out_dir / "dataset_0.json", json.dumps(datalist, indent=2) + "\n")

@@ -26,12 +26,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_training_raises_validation_dice(tiny_dataset, tmp_path):
     from unetr_cli.data import read_datalist, validation_dataset
-    from unetr_cli.engine import validate
     from unetr_cli.inference import Segmenter
     from unetr_cli.model import build_model
-    from unetr_cli.settings import settings_from_cli
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.engine import validate
 
-    settings = settings_from_cli(None, "tiny-cpu", None, data__data_dir=tiny_dataset, runtime__seed=0)
+    settings = resolve_settings(
+        SettingsSources(preset="tiny-cpu"), {"data.data_dir": tiny_dataset, "runtime.seed": 0}
+    )
     torch.manual_seed(0)
     untrained = Segmenter(build_model(settings.model), settings, torch.device("cpu"))
     val = validation_dataset(read_datalist(tiny_dataset, "dataset_0.json").validation, settings)
@@ -203,13 +205,15 @@ def test_sigterm_saves_checkpoint_latest(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("time_budget", [0.0])
 def test_time_budget_stops_after_one_epoch(tiny_dataset, tmp_path, time_budget):
     from unetr_cli.console import Reporter
-    from unetr_cli.engine import FitOptions, fit
-    from unetr_cli.rundir import RunDir
-    from unetr_cli.settings import settings_from_cli
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.engine import RunOptions, fit
+    from unetr_cli.training.rundir import RunDir
 
-    settings = settings_from_cli(None, "tiny-cpu", None, data__data_dir=tiny_dataset, runtime__seed=0)
+    settings = resolve_settings(
+        SettingsSources(preset="tiny-cpu"), {"data.data_dir": tiny_dataset, "runtime.seed": 0}
+    )
     started = time.monotonic()
-    result = fit(settings, RunDir(tmp_path / "run"), Reporter("quiet"), FitOptions(time_budget_s=time_budget))
+    result = fit(settings, RunDir(tmp_path / "run"), Reporter("quiet"), RunOptions(time_budget_s=time_budget))
     assert result.epochs_done == 1
     assert result.history[-1]["mean_dice"] is not None  # the last epoch of a run always validates
     assert time.monotonic() - started < 120

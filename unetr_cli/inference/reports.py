@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from unetr_cli.files import atomic_output, write_text
 from unetr_cli.labels import label_colour, label_names, slicer_colour_table
 
 
@@ -22,12 +23,6 @@ def output_stem(path: Path) -> Path:
     return path.with_suffix("")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_label_sidecars(seg_path: Path, num_classes: int, provenance: dict[str, Any]) -> list[Path]:
     """`<stem>.json` (label ids and names, plus how the map was made) and a 3D Slicer colour table."""
     stem = output_stem(seg_path)
@@ -38,8 +33,8 @@ def write_label_sidecars(seg_path: Path, num_classes: int, provenance: dict[str,
         **provenance,
     }
     json_path, table_path = stem.with_suffix(".json"), stem.with_suffix(".ctbl")
-    _atomic_write(json_path, (json.dumps(sidecar, indent=2) + "\n").encode())
-    _atomic_write(table_path, slicer_colour_table(num_classes).encode())
+    write_text(json_path, json.dumps(sidecar, indent=2) + "\n")
+    write_text(table_path, slicer_colour_table(num_classes))
     return [json_path, table_path]
 
 
@@ -73,12 +68,12 @@ def write_statistics(seg_path: Path, rows: list[dict]) -> list[Path]:
     stem = output_stem(seg_path)
     json_path = stem.with_name(stem.name + "_stats.json")
     csv_path = stem.with_name(stem.name + "_stats.csv")
-    _atomic_write(json_path, (json.dumps(rows, indent=2) + "\n").encode())
+    write_text(json_path, json.dumps(rows, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(csv_path, buffer.getvalue().encode())
+    write_text(csv_path, buffer.getvalue())
     return [json_path, csv_path]
 
 
@@ -159,10 +154,9 @@ def write_preview(
     figure.tight_layout(rect=(0, 0.07, 1, 0.95))
     path = output_stem(seg_path)
     path = path.with_name(path.name + "_preview.png")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=80, facecolor="black")
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, dpi=80, facecolor="black")
     plt.close(figure)
-    tmp.replace(path)
     return path
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from unetr_cli.errors import OutputExistsError, UsageError
+from unetr_cli.files import atomic_output, write_text
 
 LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
 SETTINGS_FILE, METRICS_FILE, PLOT_FILE, TB_DIR = (
@@ -55,9 +56,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_settings(self, settings: dict[str, Any]) -> None:
-        tmp = self.path / f".{SETTINGS_FILE}.tmp"
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
-        tmp.replace(self.path / SETTINGS_FILE)
+        write_text(self.path / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
     def read_settings(self) -> dict[str, Any]:
         return json.loads((self.path / SETTINGS_FILE).read_text())
@@ -75,7 +74,7 @@ class RunDir:
     def truncate_metrics(self, after_epoch: int) -> None:
         """Drop records past `after_epoch` (a resumed run redoes those epochs)."""
         kept = [r for r in self.metrics() if r["epoch"] <= after_epoch]
-        (self.path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
     def plot_progress(self) -> Path:
         """Redraw progress.png: training loss, learning rate and validation Dice per epoch."""
@@ -99,22 +98,25 @@ class RunDir:
         for axis in axes:
             axis.grid(alpha=0.3)
         figure.tight_layout()
-        tmp = self.path / f".{PLOT_FILE}.tmp.png"
-        figure.savefig(tmp, dpi=90)
+        with atomic_output(self.path / PLOT_FILE) as tmp:
+            figure.savefig(tmp, dpi=90)
         plt.close(figure)
-        tmp.replace(self.path / PLOT_FILE)
         return self.path / PLOT_FILE
 
 
 def resolve_run_dir(logdir: Path | None, resume: bool) -> RunDir:
-    """The run folder: `logdir`, else for --resume the newest run under runs/, else a new runs/<timestamp>."""
+    """The run folder: `logdir`, else for --resume the run under runs/ saved most recently (by the time of its
+    checkpoint_latest, not its name: `torchrun-*` and timestamped names do not sort by age), else a new
+    runs/<timestamp>."""
     if logdir is not None:
         return RunDir(logdir)
     if not resume:
         return RunDir(default_logdir())
-    runs = (
-        sorted(p for p in Path("runs").glob("*") if (p / LATEST).is_file()) if Path("runs").is_dir() else []
+    latest = (
+        [p / LATEST for p in Path("runs").glob("*") if (p / LATEST).is_file()]
+        if Path("runs").is_dir()
+        else []
     )
-    if not runs:
+    if not latest:
         raise UsageError("--resume: no run with a checkpoint under runs/; name one with --logdir")
-    return RunDir(runs[-1])
+    return RunDir(max(latest, key=lambda path: path.stat().st_mtime_ns).parent)

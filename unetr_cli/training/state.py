@@ -4,6 +4,7 @@ versions) and how it is saved and restored, so a resumed run continues exactly w
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,39 @@ from unetr_cli.checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
 from unetr_cli.errors import UsageError
 from unetr_cli.labels import label_names
 from unetr_cli.model import unwrap
-from unetr_cli.rundir import RunDir
 from unetr_cli.settings import Settings
+from unetr_cli.training.rundir import RunDir
+
+SAVED_FIELDS = ("epoch", "step", "best_dice", "best_epoch")
+
+
+@dataclass
+class LoopState:
+    """Where training stands: completed epochs, optimiser steps, the best validation so far."""
+
+    epoch: int = 0
+    step: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    epoch_start_step: int = field(default=0, repr=False)  # not saved: a resumed run starts at an epoch
+
+    def __post_init__(self) -> None:
+        self.epoch_start_step = self.step
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.epoch_start_step = self.step
+
+    def rewind_epoch(self) -> None:
+        """Forget the steps of an unfinished epoch (its weights stay; a resumed run redoes the epoch)."""
+        self.step = self.epoch_start_step
+
+    def saved(self) -> dict:
+        return {name: getattr(self, name) for name in SAVED_FIELDS}
 
 
 def save_training_state(
-    path: Path, model, optimizer, scaler, state: dict, settings: Settings, sync: bool = True
+    path: Path, model, optimizer, scaler, state: LoopState, settings: Settings, sync: bool = True
 ) -> None:
     """Main process only, between barriers (`sync`): a plain dict `torch.load(weights_only=True)` accepts."""
     if not settings.runtime.save_checkpoint:
@@ -35,7 +63,7 @@ def save_training_state(
                 "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
-                **state,
+                **state.saved(),
                 "rng": rng_state(),
                 "settings": settings.to_dict(),
                 "labels": label_names(settings.model.out_channels),
@@ -63,14 +91,14 @@ def check_resumable(run: RunDir, settings: Settings) -> None:
         raise UsageError(f"{run.path}: cannot resume with different model settings: {', '.join(differing)}")
 
 
-def restore_training_state(path: Path, model, optimizer, scaler) -> dict:
+def restore_training_state(path: Path, model, optimizer, scaler) -> LoopState:
     """Load checkpoint_latest into the model, optimiser and scaler; returns the loop state."""
     checkpoint = safe_load(path)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     set_rng_state(checkpoint["rng"])
-    return {k: checkpoint[k] for k in ("epoch", "step", "best_dice", "best_epoch")}
+    return LoopState(**{name: checkpoint[name] for name in SAVED_FIELDS})
 
 
 def rng_state() -> dict:

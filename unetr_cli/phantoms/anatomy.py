@@ -55,9 +55,9 @@ class Shape:
     def inside(self, points: np.ndarray) -> np.ndarray:
         mask = np.zeros(len(points), dtype=bool)
         for prim in self.include:
-            _apply(mask, points, prim, True)
+            paint(mask, points, prim, True)
         for prim in self.exclude:
-            _apply(mask, points, prim, False)
+            paint(mask, points, prim, False)
         return mask
 
 
@@ -70,14 +70,14 @@ def near(points: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray | 
     return None if len(index) == len(points) else index
 
 
-def _apply(mask: np.ndarray, points: np.ndarray, prim, value: bool) -> None:
-    """Set `mask` to `value` where `points` fall inside `prim`, testing only points near it."""
-    index = near(points, prim.low, prim.high)
+def paint(values: np.ndarray, points: np.ndarray, shape, value) -> None:
+    """Set `values` to `value` where `points` fall inside `shape` (a Shape or a primitive: anything with
+    `low`, `high` and `inside`), testing only the points inside its bounding box."""
+    index = near(points, shape.low, shape.high)
     if index is None:
-        hit = prim.inside(points)
-        mask[hit] = value
+        values[shape.inside(points)] = value
     elif len(index):
-        mask[index[prim.inside(points[index])]] = value
+        values[index[shape.inside(points[index])]] = value
 
 
 class Blob:
@@ -137,11 +137,6 @@ class EllipticColumn:
         return in_z & (np.sum(((warped[:, :2] - self.center) / self.radii) ** 2, axis=1) <= 1.0)
 
 
-def rotation_z(degrees: float) -> np.ndarray:
-    a = math.radians(degrees)
-    return np.array([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0.0, 0.0, 1.0]])
-
-
 def rotation(axis: str, degrees: float) -> np.ndarray:
     """Rotation matrix about one world axis."""
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
@@ -158,50 +153,83 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
 class Anatomy:
     """Shapes and intensities of one patient, in RAS millimetres around the body centre."""
 
-    body: Shape
-    cavity: Shape
-    wall_inner: Shape
+    body: Shape  # outline of the skin
+    wall: Shape  # outline of the abdominal muscle wall (inside the subcutaneous fat)
+    cavity: Shape  # the abdominal cavity inside the wall
     tissues: list[tuple[Shape, float]]  # painted in order before the organs
     organs: dict[int, Shape]
     organ_hu: dict[int, float]
 
 
+class _Patient:
+    """Random draws for one patient, scaled by its size `s`: every shape helper draws from the same stream,
+    so the order of the calls below fixes every phantom (and every dataset made from a seed)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.s = rng.uniform(0.88, 1.12)
+
+    def warp(self, amplitude: float, wavelength: float) -> Warp:
+        return Warp(self.rng, amplitude, wavelength)
+
+    def jitter(self, point, sd: float = 5.0) -> np.ndarray:
+        return np.asarray(point, dtype=np.float64) * [self.s, self.s, self.s] + self.rng.normal(0, sd, 3)
+
+    def size(self, radii) -> np.ndarray:
+        return np.asarray(radii, dtype=np.float64) * self.s * self.rng.uniform(0.85, 1.15)
+
+    def tube(self, points, radii, amplitude: float = 3.0) -> Shape:
+        verts = [self.jitter(p, 3.0) for p in points]
+        radii = np.asarray(radii) * self.s * self.rng.uniform(0.9, 1.1)
+        return Shape([Tube(verts, radii, self.warp(amplitude, 80.0))])
+
+    def blob(self, center, radii, rotation=None) -> Blob:
+        radii = self.size(radii)
+        return Blob(self.jitter(center), radii, self.warp(0.12 * radii.min(), 2.5 * radii.max()), rotation)
+
+
 def build_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Anatomy:
-    s = rng.uniform(0.88, 1.12)  # patient size
+    """One random patient covering the scan's slab `z_range` (mm): trunk, skeleton and muscles, lungs and
+    bowel, the 13 organs, then their HU values. Everything is drawn from `rng` in this fixed order."""
+    patient = _Patient(rng)
+    s = patient.s
     rx, ry = 150.0 * s * rng.uniform(0.92, 1.08), 105.0 * s * rng.uniform(0.92, 1.08)
-    z_lo, z_hi = z_range
-
-    def warp(amplitude: float, wavelength: float) -> Warp:
-        return Warp(rng, amplitude, wavelength)
-
-    def jitter(point, sd: float = 5.0) -> np.ndarray:
-        return np.asarray(point, dtype=np.float64) * [s, s, s] + rng.normal(0, sd, 3)
-
-    def size(radii) -> np.ndarray:
-        return np.asarray(radii, dtype=np.float64) * s * rng.uniform(0.85, 1.15)
-
-    def tube(points, radii, amplitude=3.0) -> Shape:
-        verts = [jitter(p, 3.0) for p in points]
-        return Shape([Tube(verts, np.asarray(radii) * s * rng.uniform(0.9, 1.1), warp(amplitude, 80.0))])
-
-    def blob(center, radii, rotation=None, amplitude=None, wavelength=None) -> Blob:
-        radii = size(radii)
-        return Blob(
-            jitter(center),
-            radii,
-            warp(amplitude or 0.12 * radii.min(), wavelength or 2.5 * radii.max()),
-            rotation,
+    z_span = (z_range[0] - 50.0, z_range[1] + 50.0)
+    body, wall, cavity = (
+        Shape([EllipticColumn((0, 0), radii, z_span, patient.warp(amplitude, wavelength))])
+        for radii, amplitude, wavelength in (
+            ((rx, ry), 4.0, 250.0),
+            ((rx - 12 * s, ry - 12 * s), 3.0, 200.0),
+            ((rx - 26 * s, ry - 24 * s), 3.0, 200.0),
         )
+    )
+    skeleton, muscles = _skeleton_and_muscles(patient, rx, ry, z_span, z_range[1])
+    lungs, bowel, gas = _lungs_and_bowel(patient, rx, ry)
+    organs = _organs(patient, z_range)
+    organ_hu = {k: v + rng.normal(0, 8) for k, v in ORGAN_HU.items()}
+    muscle_hu = MUSCLE_HU + rng.normal(0, 5)
+    tissues = [
+        (skeleton["ribs"], BONE_HU * 0.7),
+        (lungs, LUNG_HU),
+        (bowel, BOWEL_HU + rng.normal(0, 5)),
+        (gas, GAS_HU),
+        *((muscle, muscle_hu) for muscle in muscles),
+        (skeleton["vertebra"], BONE_HU),
+        (skeleton["marrow"], MARROW_HU),
+        (skeleton["spinous"], BONE_HU),
+    ]
+    return Anatomy(body, wall, cavity, tissues, organs, organ_hu)
 
-    z_span = (z_lo - 50.0, z_hi + 50.0)
-    body = Shape([EllipticColumn((0, 0), (rx, ry), z_span, warp(4.0, 250.0))])
-    wall_outer = Shape([EllipticColumn((0, 0), (rx - 12 * s, ry - 12 * s), z_span, warp(3.0, 200.0))])
-    cavity = Shape([EllipticColumn((0, 0), (rx - 26 * s, ry - 24 * s), z_span, warp(3.0, 200.0))])
 
+def _skeleton_and_muscles(patient: _Patient, rx: float, ry: float, z_span, z_top: float):
+    """Vertebral body with marrow and spinous process, ribs; paraspinal and psoas muscles."""
+    s, warp = patient.s, patient.warp
     spine_y = -0.62 * ry
-    vertebra = Shape([EllipticColumn((0, spine_y), (19 * s, 17 * s), z_span, warp(1.0, 100.0))])
-    marrow = Shape([EllipticColumn((0, spine_y), (15 * s, 13 * s), z_span, warp(1.0, 100.0))])
-    spinous = Shape([EllipticColumn((0, spine_y - 32 * s), (6 * s, 14 * s), z_span, warp(1.0, 100.0))])
+    skeleton = {
+        "vertebra": Shape([EllipticColumn((0, spine_y), (19 * s, 17 * s), z_span, warp(1.0, 100.0))]),
+        "marrow": Shape([EllipticColumn((0, spine_y), (15 * s, 13 * s), z_span, warp(1.0, 100.0))]),
+        "spinous": Shape([EllipticColumn((0, spine_y - 32 * s), (6 * s, 14 * s), z_span, warp(1.0, 100.0))]),
+    }
     paraspinal = Shape(
         [
             EllipticColumn((side * 32 * s, spine_y - 30 * s), (24 * s, 20 * s), z_span, warp(2.0, 150.0))
@@ -218,9 +246,8 @@ def build_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Ana
             for side in (-1, 1)
         ]
     )
-    rib_levels = np.arange(-10.0 * s, z_hi + 20.0, 24.0 * s) + rng.uniform(0, 12)
     ribs = []
-    for z in rib_levels:
+    for z in np.arange(-10.0 * s, z_top + 20.0, 24.0 * s) + patient.rng.uniform(0, 12):
         for side in (-1, 1):
             arc = [
                 (side * rx * 0.25, spine_y - 8 * s, z + 4 * s),
@@ -229,6 +256,13 @@ def build_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Ana
                 (side * 0.55 * rx, 0.62 * ry, z - 18 * s),
             ]
             ribs.append(Tube(arc, [5 * s] * 4, warp(1.5, 150.0)))
+    skeleton["ribs"] = Shape(ribs)
+    return skeleton, (paraspinal, psoas)
+
+
+def _lungs_and_bowel(patient: _Patient, rx: float, ry: float) -> tuple[Shape, Shape, Shape]:
+    """Lung bases; small bowel loops and the colon framing the abdomen; pockets of gas."""
+    s, rng, blob = patient.s, patient.rng, patient.blob
     lungs = Shape(
         [
             blob((side * 0.55 * rx / s, -0.1 * ry / s, 175), (0.38 * rx / s, 0.7 * ry / s, 70))
@@ -239,9 +273,9 @@ def build_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Ana
         blob((rng.uniform(-80, 80), rng.uniform(-10, 60), rng.uniform(-150, 0)), (30, 22, 26))
         for _ in range(12)
     ]
-    colon = Tube(  # ascending, transverse and descending colon framing the abdomen
+    colon = Tube(  # ascending, transverse and descending colon
         [
-            jitter(p, 4.0)
+            patient.jitter(p, 4.0)
             for p in [
                 (95, 5, -150),
                 (95, 10, 0),
@@ -253,42 +287,48 @@ def build_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Ana
             ]
         ],
         np.full(7, 22.0 * s),
-        warp(4.0, 80.0),
+        patient.warp(4.0, 80.0),
     )
     gas = [
         blob((rng.uniform(-100, 100), rng.uniform(10, 70), rng.uniform(-150, 25)), (11, 8, 11))
         for _ in range(8)
     ]
+    return lungs, Shape([*small_bowel, colon]), Shape(gas)
 
+
+def _organs(patient: _Patient, z_range: tuple[float, float]) -> dict[int, Shape]:
+    """The 13 BTCV organs at anatomically plausible places (drawn in this order: liver first)."""
+    s, blob, tube = patient.s, patient.blob, patient.tube
+    z_lo, z_hi = z_range
     kidney_rot = {2: rotation("y", -12) @ rotation("z", 20), 3: rotation("y", 12) @ rotation("z", -20)}
-    organs: dict[int, Shape] = {
+    return {
         6: Shape(
-            [blob((62, 0, 60), (72, 78, 70)), blob((-8, 30, 78), (58, 36, 42), rotation=rotation_z(-10))],
+            [blob((62, 0, 60), (72, 78, 70)), blob((-8, 30, 78), (58, 36, 42), rotation=rotation("z", -10))],
             [blob((40, 30, 18), (22, 22, 30))],  # gallbladder fossa
         ),
-        1: Shape([blob((-95, -32, 62), (28, 50, 52), rotation=rotation_z(35))]),
+        1: Shape([blob((-95, -32, 62), (28, 50, 52), rotation=rotation("z", 35))]),
         7: Shape(
             [
                 Tube(
                     [
-                        jitter(p, 4.0)
+                        patient.jitter(p, 4.0)
                         for p in [(-35, -12, 118), (-62, 10, 82), (-55, 32, 42), (-22, 42, 18), (18, 28, 16)]
                     ],
-                    np.array([17, 30, 30, 22, 14]) * s * rng.uniform(0.85, 1.15),
-                    warp(4.0, 90.0),
+                    np.array([17, 30, 30, 22, 14]) * s * patient.rng.uniform(0.85, 1.15),
+                    patient.warp(4.0, 90.0),
                 )
             ]
         ),
-        2: Shape(
+        2: Shape(  # the renal hilum makes the bean
             [blob((72, -48, -12), (25, 30, 54), rotation=kidney_rot[2])], [blob((48, -38, -12), (11, 11, 20))]
-        ),  # renal hilum makes the bean
+        ),
         3: Shape(
             [blob((-72, -48, 4), (25, 30, 54), rotation=kidney_rot[3])], [blob((-48, -38, 4), (11, 11, 20))]
         ),
         11: tube([(28, 8, 2), (8, 2, 16), (-30, -8, 26), (-62, -18, 36), (-82, -22, 42)], [15, 13, 11, 9, 7]),
         4: Shape([blob((46, 32, 14), (15, 15, 32), rotation=rotation("x", 25))]),
-        12: Shape([blob((44, -36, 58), (5, 12, 17), rotation=rotation_z(-30))]),
-        13: Shape([blob((-44, -34, 48), (5, 12, 17), rotation=rotation_z(30))]),
+        12: Shape([blob((44, -36, 58), (5, 12, 17), rotation=rotation("z", -30))]),
+        13: Shape([blob((-44, -34, 48), (5, 12, 17), rotation=rotation("z", 30))]),
         5: tube([(-4, -42, z_hi + 40), (-10, -38, 160), (-22, -25, 125), (-32, -15, 112)], [8, 8, 8, 9], 1.5),
         10: tube(
             [(-80, -26, 44), (-45, -18, 32), (-5, -12, 22), (22, -6, 26), (42, 2, 44)], [5, 5.5, 6, 7, 6], 1.5
@@ -302,26 +342,3 @@ def build_anatomy(rng: np.random.Generator, z_range: tuple[float, float]) -> Ana
             1.5,
         ),
     }
-    organ_hu = {k: v + rng.normal(0, 8) for k, v in ORGAN_HU.items()}
-    muscle_hu = MUSCLE_HU + rng.normal(0, 5)
-    tissues = [
-        (Shape(ribs), BONE_HU * 0.7),
-        (lungs, LUNG_HU),
-        (Shape([*small_bowel, colon]), BOWEL_HU + rng.normal(0, 5)),
-        (Shape(gas), GAS_HU),
-        (paraspinal, muscle_hu),
-        (psoas, muscle_hu),
-        (vertebra, BONE_HU),
-        (marrow, MARROW_HU),
-        (spinous, BONE_HU),
-    ]
-    return Anatomy(body, cavity, wall_outer, tissues, organs, organ_hu)
-
-
-def paint(values: np.ndarray, points: np.ndarray, shape: Shape, value: float) -> None:
-    """Set `values` to `value` where `points` fall inside `shape` (bounding-box culled)."""
-    index = near(points, shape.low, shape.high)
-    if index is None:
-        values[shape.inside(points)] = value
-    elif len(index):
-        values[index[shape.inside(points[index])]] = value

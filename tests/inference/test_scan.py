@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import write_scan
-from unetr_cli.inference import Segmenter, predict_scan, resample_labels
+from unetr_cli.inference import Segmenter, predict_scan
+from unetr_cli.inference.resample import resample_labels
 from unetr_cli.metrics import organ_dice
 from unetr_cli.phantoms import make_phantom
-from unetr_cli.settings import settings_from_cli
+from unetr_cli.settings import SettingsSources, resolve_settings
 
 BRIGHT_HU = 165.0
 
@@ -31,7 +32,9 @@ class BrightVoxels(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def segmenter():
-    settings = settings_from_cli(None, "tiny-cpu", ["data.spacing=[3,3,4]", 'inference.device="cpu"'])
+    settings = resolve_settings(
+        SettingsSources(preset="tiny-cpu"), {"data.spacing": (3, 3, 4), "inference.device": "cpu"}
+    )
     threshold = (BRIGHT_HU - settings.data.hu_min) / (settings.data.hu_max - settings.data.hu_min)
     return Segmenter(BrightVoxels(threshold), settings, torch.device("cpu"))
 
@@ -123,7 +126,7 @@ def test_output_keeps_qform_and_sform_codes(tmp_path, segmenter):
 
 
 def test_axis_by_axis_path_equals_the_general_path():
-    from unetr_cli.inference import _positions, _VotingGrid
+    from unetr_cli.inference.resample import _positions, _VotingGrid
 
     rng = np.random.default_rng(1)
     labels = (rng.random((14, 11, 9)) * 4).astype(np.uint8)
@@ -150,8 +153,10 @@ def test_probability_resampling_equals_full_trilinear_interpolation(oblique):
     target[1, 3] = 16.0
     if oblique:
         angle = np.radians(9)
-        target[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
-                                   [0, 0, 1]]) @ target[:3, :3]
+        target[:3, :3] = (
+            np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+            @ target[:3, :3]
+        )
     shape = (24, 20, 22)
     result = resample_labels(labels, source, shape, target, probabilities=probabilities)
 

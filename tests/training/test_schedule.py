@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from unetr_cli.schedule import cosine_anneal, learning_rate, step_position, warmup_cosine
+from unetr_cli.training.schedule import cosine_anneal, learning_rate, step_position, warmup_cosine
 
 
 @pytest.mark.parametrize("epoch", [0, 1, 12.5, 49, 49.999])

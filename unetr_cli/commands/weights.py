@@ -1,0 +1,58 @@
+"""The weights options of `predict`, `evaluate` and `export`, and the one helper that turns them into a
+ready model with its settings: the file's own model settings first, then the user's sources and flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unetr_cli.settings import Settings, SettingsSources, input_space, resolve_settings
+
+if TYPE_CHECKING:
+    import torch
+
+    from unetr_cli.checkpoint import LoadedWeights
+
+
+@dataclass(frozen=True)
+class WeightsOptions:
+    """Which weights file, as --checkpoint/--from, --pretrained-dir + --pretrained-model-name, or hub:."""
+
+    checkpoint: str | None = None
+    pretrained_dir: Path | None = None
+    pretrained_model_name: str | None = None
+    trust_torchscript: bool = False
+    saved_checkpoint: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.checkpoint, self.pretrained_dir, self.pretrained_model_name))
+
+    def read(self) -> LoadedWeights:
+        """Locate (downloading `hub:` references) and read the weights, checking --saved-checkpoint."""
+        from unetr_cli.checkpoint import check_saved_kind, locate_weights, read_weights
+
+        path = locate_weights(self.checkpoint, self.pretrained_dir, self.pretrained_model_name)
+        weights = read_weights(path, self.trust_torchscript)
+        check_saved_kind(weights, self.saved_checkpoint)
+        return weights
+
+
+@dataclass
+class TrainedModel:
+    """A model holding its weights, the settings it runs with, and the file it came from."""
+
+    settings: Settings
+    network: torch.nn.Module
+    weights_path: Path
+
+
+def trained_model(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> TrainedModel:
+    """Settings from the weights file where it carries them (its architecture and input space), the user's
+    sources and flags on top; then the model with the weights loaded strictly."""
+    from unetr_cli.model import model_with_weights
+
+    settings = resolve_settings(sources, flags, base=input_space(weights.settings or {}))
+    network = model_with_weights(settings.model, weights.state_dict, weights.source)
+    return TrainedModel(settings, network, Path(weights.source))

@@ -1,0 +1,63 @@
+"""Device and precision policy, in one place for training and inference.
+
+- `resolve_device`: `auto` is the first GPU when there is one, else the CPU; a GPU that is not there is a
+  usage error naming what is visible.
+- `autocast_dtype`: bf16 on GPUs that support it, else fp16 (which then needs a GradScaler); bf16 on CPUs with
+  native bf16 arithmetic (AVX512-BF16 or AMX, ~3x faster there), else fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from unetr_cli.errors import UsageError
+
+_NAMED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for `auto`, `cpu`, `cuda` or `cuda:N`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(check and check())
+
+
+def autocast_dtype(device: torch.device, enabled: bool, preference: str = "auto") -> torch.dtype | None:
+    """The autocast dtype on `device`, or None for fp32; `preference` (auto, bf16, fp16) applies on CUDA."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        if preference in _NAMED_DTYPES:
+            return _NAMED_DTYPES[preference]
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` for `dtype`, or a no-op context when it is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16, whose small range needs loss scaling."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run's precision is shown to the user."""
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}.get(dtype, "fp32")

@@ -1,0 +1,102 @@
+"""Sliding-window segmentation at model resolution: a preprocessed volume in, class scores or labels out."""
+
+from __future__ import annotations
+
+import torch
+
+from unetr_cli.devices import autocast, autocast_dtype
+from unetr_cli.model import for_inference
+from unetr_cli.settings import Settings
+
+
+class Segmenter:
+    """A model plus the sliding-window settings: preprocessed image in, label map at model resolution out."""
+
+    def __init__(self, model: torch.nn.Module, settings: Settings, device: torch.device):
+        """Tunes `model` for inference in place (`model.for_inference`, channels_last_3d where fastest)."""
+        inference = settings.inference
+        self.settings = settings
+        self.device = device
+        self.dtype = autocast_dtype(device, inference.amp)
+        # Defaults from benchmarks/bench_options.py: one window at a time and channels_last_3d with bf16 are
+        # fastest on CPU; GPUs want batches.
+        self.sw_batch_size = inference.sw_batch_size or (4 if device.type == "cuda" else 1)
+        channels_last = inference.channels_last
+        if channels_last is None:
+            channels_last = device.type == "cpu" and self.dtype == torch.bfloat16
+        self.channels_last = bool(channels_last)
+        self.model = for_inference(model).to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last_3d)
+        self.aggregate_on_cpu = False
+        self.notes: list[str] = []
+
+    @torch.no_grad()
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Class scores (1, C, X, Y, Z) for a (1, 1, X, Y, Z) image, averaged over flips with TTA."""
+        flips = _tta_flips() if self.settings.inference.tta else [()]
+        total = None
+        for dims in flips:
+            view = torch.flip(image, dims) if dims else image
+            out = self._sliding_window(view)
+            out = torch.flip(out, dims) if dims else out
+            total = out if total is None else total.add_(out)
+        return total / len(flips) if len(flips) > 1 else total
+
+    @torch.no_grad()
+    def labels(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 label map (X, Y, Z) for a (1, 1, X, Y, Z) or (1, X, Y, Z) preprocessed image."""
+        if image.ndim == 4:
+            image = image[None]
+        return torch.argmax(self.logits(image)[0], dim=0).to(torch.uint8).cpu()
+
+    def _sliding_window(self, image: torch.Tensor) -> torch.Tensor:
+        """One sliding-window pass; on GPU out-of-memory retry with smaller batches, then aggregate on CPU."""
+        while True:
+            try:
+                return self._run_windows(image)
+            except torch.OutOfMemoryError:
+                if self.device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                if self.sw_batch_size > 1:
+                    self.sw_batch_size //= 2
+                    self._note(f"GPU out of memory: retrying with --sw-batch-size {self.sw_batch_size}")
+                elif not self.aggregate_on_cpu:
+                    self.aggregate_on_cpu = True
+                    self._note("GPU out of memory: aggregating windows in CPU memory")
+                else:
+                    raise
+
+    def _run_windows(self, image: torch.Tensor) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        inference = self.settings.inference
+        output_device = torch.device("cpu") if self.aggregate_on_cpu else self.device
+        with autocast(self.device, self.dtype):
+            return sliding_window_inference(
+                inputs=image.to(self.device),
+                roi_size=(self.settings.model.img_size,) * 3,
+                sw_batch_size=self.sw_batch_size,
+                predictor=self._forward,
+                overlap=inference.infer_overlap,
+                mode=inference.blend_mode,
+                sw_device=self.device,
+                device=output_device,
+            )
+
+    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            windows = windows.contiguous(memory_format=torch.channels_last_3d)
+        # Aggregation runs in fp32 on contiguous buffers: hand it those (saves a strided copy per window).
+        return self.model(windows).float().contiguous()
+
+    def _note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+def _tta_flips() -> list[tuple[int, ...]]:
+    """The 8 combinations of flipping the three spatial axes of a (B, C, X, Y, Z) tensor."""
+    axes = (2, 3, 4)
+    return [tuple(a for bit, a in enumerate(axes) if mask >> bit & 1) for mask in range(8)]

@@ -1,0 +1,166 @@
+"""Start a training run: resolve its folder and settings once, then train in this process or hand one job
+description to torchrun workers (`python -m unetr_cli.training.worker JOB.json`), one per process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unetr_cli import distributed
+from unetr_cli.checkpoint import LoadedWeights, read_weights
+from unetr_cli.console import Reporter
+from unetr_cli.errors import UsageError
+from unetr_cli.files import write_text
+from unetr_cli.settings import Settings, SettingsSources, input_space, resolve_settings
+from unetr_cli.training.engine import Finetuning, RunOptions, fit
+from unetr_cli.training.rundir import LATEST, RunDir, resolve_run_dir
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many processes to start through torchrun, and where (nothing to start when all are unset)."""
+
+    nproc_per_node: int | None = None
+    distributed: bool = False
+    nnodes: str | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    max_restarts: int | None = None
+
+    def processes(self, device: str) -> int | None:
+        """Processes to start on this node for a run on `device` (auto, cpu, cuda, cuda:N); None for none.
+
+        One process per GPU: asking for more processes than visible GPUs is an error, unless the run is on
+        the CPU (`--device cpu`), where torchrun starts that many gloo processes.
+        """
+        gpus = torch.cuda.device_count()
+        if self.distributed and self.nproc_per_node is None:
+            if not gpus:
+                raise UsageError("--distributed: no GPU is visible; use --nproc-per-node N for CPU processes")
+            return gpus
+        on_gpus = device.startswith("cuda") or (device == "auto" and gpus > 0)
+        if self.nproc_per_node and on_gpus and self.nproc_per_node > gpus:
+            raise UsageError(
+                f"--nproc-per-node {self.nproc_per_node}: only {gpus} GPU(s) are visible (one process per "
+                "GPU); lower it, or pass --device cpu for CPU processes"
+            )
+        return self.nproc_per_node
+
+
+@dataclass(frozen=True)
+class FinetuneFrom:
+    """Where `unetr finetune` starts: a weights file, and how to use it."""
+
+    path: Path
+    trust_torchscript: bool = False
+    reinit_head: bool = False
+    freeze_encoder: bool = False
+
+    def read(self) -> LoadedWeights:
+        return read_weights(self.path, self.trust_torchscript)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """Everything a training process needs, resolved once by the command that started it."""
+
+    settings: Settings
+    run_dir: Path
+    options: RunOptions
+    output_mode: str = "rich"
+    finetune: FinetuneFrom | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "settings": self.settings.to_dict(),
+                "run_dir": str(self.run_dir),
+                "options": dataclasses.asdict(self.options),
+                "output_mode": self.output_mode,
+                "finetune": _plain(dataclasses.asdict(self.finetune)) if self.finetune else None,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingJob:
+        values: dict[str, Any] = json.loads(text)
+        finetune = values["finetune"]
+        return cls(
+            settings=Settings.from_dict(values["settings"]),
+            run_dir=Path(values["run_dir"]),
+            options=RunOptions(**values["options"]),
+            output_mode=values["output_mode"],
+            finetune=FinetuneFrom(**{**finetune, "path": Path(finetune["path"])}) if finetune else None,
+        )
+
+
+def start_training(
+    sources: SettingsSources,
+    flags: dict[str, Any],
+    logdir: Path | None,
+    options: RunOptions,
+    output_mode: str,
+    launch: Launch,
+    finetune: FinetuneFrom | None = None,
+) -> None:
+    """Resolve the run folder and the settings (a resumed run starts from its own, fine-tuning from what the
+    weights file says about its model), then train here or relaunch through torchrun."""
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    if under_torchrun and logdir is None:
+        logdir = Path("runs") / distributed.shared_run_name()
+    run = resolve_run_dir(logdir, options.resume)
+    weights = finetune.read() if finetune is not None else None
+    if options.resume:
+        base = run.read_settings()
+    elif weights is not None and weights.settings:
+        base = input_space(weights.settings)
+    else:
+        base = None
+    settings = resolve_settings(sources, {**flags, "runtime.logdir": run.path}, base=base)
+    processes = launch.processes(settings.inference.device)
+    if under_torchrun and processes:
+        raise UsageError("already running under torchrun: drop --nproc-per-node/--distributed")
+    job = TrainingJob(settings, run.path, options, output_mode, finetune)
+    if not processes:
+        run_job(job, weights)
+        return
+    del weights  # each worker reads the weights itself; the launcher only waits
+    with tempfile.TemporaryDirectory(prefix="unetr-job-") as folder:
+        job_file = write_text(Path(folder) / "job.json", job.to_json())
+        distributed.launch(
+            "unetr_cli.training.worker",
+            [str(job_file)],
+            processes,
+            launch.nnodes or "1",
+            launch.node_rank or 0,
+            launch.rdzv_endpoint,
+            launch.max_restarts or 0,
+        )
+
+
+def run_job(job: TrainingJob, weights: LoadedWeights | None = None) -> None:
+    """Train this process's part of `job` (all of it outside torchrun); `weights` if already read."""
+    settings, options, run = job.settings, job.options, RunDir(job.run_dir)
+    if distributed.restart_count() > 0:  # torchrun restarted the group after a failure: continue the run
+        resume = (run.path / LATEST).is_file()
+        options = dataclasses.replace(options, resume=resume, overwrite=not resume)
+        if resume:
+            settings = Settings.from_dict(run.read_settings())  # with the seed the first attempt drew
+    finetuning = None
+    if job.finetune is not None:
+        finetune = job.finetune
+        finetuning = Finetuning(weights or finetune.read(), finetune.reinit_head, finetune.freeze_encoder)
+    reporter = Reporter(job.output_mode)
+    result = fit(settings, run, reporter, options, finetuning)
+    reporter.result(f"run folder: {result.run_dir}  (best mean Dice {result.best_dice:.4f})")
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
