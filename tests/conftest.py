@@ -1,4 +1,9 @@
-"""Shared fixtures: the real CLI, and tiny phantom datasets written to temporary folders."""
+"""Shared fixtures: the real CLI, and tiny phantom datasets written to temporary folders.
+
+Every test runs on the CPU (UNETR_INFERENCE__DEVICE=cpu, inherited by the processes tests start) unless it is
+marked `gpu`: those run the real commands on CUDA and are skipped where no GPU is visible. Tests marked
+`no_gpu` assert what happens on a machine without one and are skipped where a GPU is visible.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,30 @@ from unetr_cli.cli import app
 TINY_SHAPE = (64, 64, 32)
 
 
+def _gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu = _gpu_visible()
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "no_gpu" in item.keywords and gpu:
+            item.add_marker(pytest.mark.skip(reason="asserts behaviour without a GPU; one is visible"))
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """No test sees the developer's UNETR_* variables, debug mode or hub cache."""
+def _isolated_env(request, monkeypatch, tmp_path):
+    """No test sees the developer's UNETR_* variables, debug mode or hub cache; tests not marked `gpu` run on
+    the CPU."""
     for key in list(os.environ):
         if key.startswith("UNETR_"):
             monkeypatch.delenv(key)
+    if "gpu" not in request.keywords:
+        monkeypatch.setenv("UNETR_INFERENCE__DEVICE", "cpu")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 

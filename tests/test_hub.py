@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
-from tests.conftest import invoke
+from tests.conftest import invoke, write_scan
 from unetr_cli import hub
+from unetr_cli.phantoms import make_phantom
 
 COMMIT = "a" * 40
 GOOD = b"unetr weights " * 5000
@@ -22,6 +26,7 @@ class FakeHub(BaseHTTPRequestHandler):
     """HEAD then GET /{repo}/resolve/{revision}/{file}; behaviour chosen by the file name."""
 
     requests: list[str] = []
+    served: dict[str, bytes] = {}  # further files of unetr-test/btcv, with their sha256 as ETag
 
     def log_message(self, *args):
         pass
@@ -37,12 +42,12 @@ class FakeHub(BaseHTTPRequestHandler):
             return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, b""
         if filename == "broken.pth":
             return 500, {}, b""
-        if filename not in {"model.pth", "truncated.pth", "corrupt.pth", "plain.bin"}:
+        if filename not in {"model.pth", "truncated.pth", "corrupt.pth", "plain.bin", *FakeHub.served}:
             return 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"}, b""
-        body = GOOD
+        body = FakeHub.served.get(filename, GOOD)
+        etag = hashlib.sha256(body).hexdigest() if filename != "plain.bin" else "w-not-a-sha"
         if filename == "corrupt.pth":
             body = bytes([GOOD[0] ^ 1]) + GOOD[1:]  # same size, different bytes
-        etag = GOOD_SHA if filename != "plain.bin" else "w-not-a-sha"
         headers = {
             "X-Repo-Commit": COMMIT,
             "ETag": f'"{etag}"',
@@ -83,6 +88,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "5")
     monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the hub client's retry back-off
     FakeHub.requests = []
+    FakeHub.served = {}
     yield server
     server.shutdown()
 
@@ -171,6 +177,30 @@ def test_missing_parent_of_to(fake_hub, tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
-def test_hub_reference_in_predict_downloads_on_demand(fake_hub, tmp_path):
-    path = hub.fetch_reference("unetr-test/btcv/model.pth")
-    assert Path(path).read_bytes() == GOOD
+def test_predict_with_a_hub_reference_downloads_on_demand(fake_hub, trained_run, tmp_path):
+    weights = tmp_path / "local.safetensors"
+    exported = invoke(
+        "export", "--checkpoint", trained_run / "checkpoint_final.pt", "--safetensors", "-o", weights
+    )
+    assert exported.exit_code == 0, exported.output
+    FakeHub.served = {"model.safetensors": weights.read_bytes()}
+    phantom = make_phantom(5, (64, 64, 32))
+    scan = write_scan(tmp_path / "scan.nii.gz", phantom.image, phantom.affine)
+    from_hub = invoke(
+        "predict",
+        scan,
+        "-o",
+        tmp_path / "hub.nii.gz",
+        "--checkpoint",
+        "hub:unetr-test/btcv/model.safetensors",
+    )
+    assert from_hub.exit_code == 0, from_hub.output
+    assert any("model.safetensors" in request for request in FakeHub.requests)
+    local = invoke("predict", scan, "-o", tmp_path / "local.nii.gz", "--checkpoint", weights)
+    assert local.exit_code == 0, local.output
+    assert np.array_equal(
+        nib.load(tmp_path / "hub.nii.gz").get_fdata(), nib.load(tmp_path / "local.nii.gz").get_fdata()
+    )
+    sidecar = json.loads((tmp_path / "hub.json").read_text())
+    cached = Path(sidecar["checkpoint"])
+    assert cached.is_relative_to(tmp_path / "hf") and cached.read_bytes() == weights.read_bytes()

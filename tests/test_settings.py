@@ -135,3 +135,37 @@ def test_settings_round_trip_through_a_dict():
 
 def test_deep_merge_keeps_untouched_branches():
     assert deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("UNETR_MODL__FEATURE_SIZE", "UNETR_MODL__FEATURE_SIZE: unknown settings group 'modl'"),
+        ("UNETR_MODEL__FEATUR_SIZE", "UNETR_MODEL__FEATUR_SIZE: model.featur_size: unknown setting"),
+    ],
+)
+def test_misspelt_environment_variables_are_errors_naming_the_variable(monkeypatch, variable, expected):
+    monkeypatch.setenv(variable, "32")
+    result = invoke("config", "show", "--json")
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert result.stdout == ""
+
+
+def test_environment_variables_set_nested_fields(monkeypatch):
+    monkeypatch.setenv("UNETR_MODEL__FEATURE_SIZE", "32")
+    monkeypatch.setenv("UNETR_DATA__SPACING", "[2, 2, 3]")
+    settings = resolve_settings()
+    assert settings.model.feature_size == 32 and settings.data.spacing == (2.0, 2.0, 3.0)
+
+
+def test_stored_settings_of_earlier_versions_still_load():
+    stored = Settings().to_dict()
+    stored["inference"]["roi_size"] = None  # written by unetr 0.1
+    assert Settings.from_dict(stored) == Settings()
+
+
+def test_json_config_files_are_read(tmp_path):
+    config = tmp_path / "s.json"
+    config.write_text('{"optimisation": {"lr": 0.0003}}')
+    assert resolve_settings(SettingsSources(config)).optimisation.lr == 0.0003

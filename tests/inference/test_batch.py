@@ -108,15 +108,28 @@ def test_missing_input_and_wrong_output_kind(trained_run, scans, tmp_path):
     assert several.exit_code == 2 and "-o must be a folder" in several.stderr
 
 
-def test_tta_runs_and_agrees_with_plain_prediction(trained_run, scans, tmp_path):
+def test_tta_changes_the_prediction_and_mostly_agrees(trained_run, scans, tmp_path):
     checkpoint = trained_run / "checkpoint_final.pt"
-    assert _predict(checkpoint, scans / "case2.nii.gz", "-o", tmp_path / "a.nii.gz", "-q").exit_code == 0
-    assert (
-        _predict(checkpoint, scans / "case2.nii.gz", "-o", tmp_path / "b.nii.gz", "--tta", "-q").exit_code
-        == 0
+    plain = _predict(
+        checkpoint, scans / "case2.nii.gz", "-o", tmp_path / "a.nii.gz", "--mode", "constant", "-q"
     )
+    assert plain.exit_code == 0, plain.output
+    with_tta = _predict(
+        checkpoint,
+        scans / "case2.nii.gz",
+        "-o",
+        tmp_path / "b.nii.gz",
+        "--tta",
+        "--blend-mode",
+        "constant",
+        "-q",
+    )
+    assert with_tta.exit_code == 0, with_tta.output
+    used = json.loads((tmp_path / "b.json").read_text())["settings"]["inference"]
+    assert used["tta"] is True and used["blend_mode"] == "constant"
     a = np.asanyarray(nib.load(tmp_path / "a.nii.gz").dataobj)
     b = np.asanyarray(nib.load(tmp_path / "b.nii.gz").dataobj)
+    assert (a != b).any(), "--tta gave exactly the plain prediction: the flips were not averaged"
     assert (a == b).mean() > 0.9
 
 

@@ -171,3 +171,23 @@ def test_probability_resampling_equals_full_trilinear_interpolation(oblique):
     )
     expected = np.where(inside, interpolated.argmax(axis=0), 0).reshape(shape)
     assert np.array_equal(result, expected)
+
+
+class LeftRightRamp(torch.nn.Module):
+    """Class 1 scores +1 at one end of each window's first axis and -1 at the other: any flip of that axis
+    negates it, so the 8-flip average is 0 everywhere and nothing is class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1.0, 1.0, x.shape[2]).view(1, 1, -1, 1, 1).expand_as(x)
+        return torch.cat([torch.zeros_like(x), ramp, torch.full_like(x, -5.0).repeat(1, 12, 1, 1, 1)], dim=1)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_tta_averages_the_eight_flips(tta):
+    settings = resolve_settings(
+        SettingsSources(preset="tiny-cpu"),
+        {"inference.tta": tta, "inference.blend_mode": "constant", "inference.amp": False},
+    )
+    labels = Segmenter(LeftRightRamp(), settings, torch.device("cpu")).labels(torch.rand(1, 1, 32, 32, 32))
+    share = float((labels == 1).float().mean())
+    assert share == (0.0 if tta else 0.5), share

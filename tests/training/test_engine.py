@@ -119,19 +119,16 @@ def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path):
     assert again.exit_code == 0 and (run / "checkpoint_final.pt").exists()
 
 
-def _train_subprocess(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unetr_cli", "train", *args], capture_output=True, text=True)
-
-
+@pytest.mark.slow
 def test_resume_equals_a_straight_run(tiny_dataset, tmp_path):
     common = [*TINY, "--data-dir", str(tiny_dataset), "--max-epochs", "4", "--val-every", "2", "-q"]
-    straight = _train_subprocess(*common, "--logdir", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
-    first = _train_subprocess(*common, "--logdir", str(tmp_path / "split"), "--stop-after", "2")
-    assert first.returncode == 0, first.stderr
+    straight = invoke("train", *common, "--logdir", str(tmp_path / "straight"))
+    assert straight.exit_code == 0, straight.output
+    first = invoke("train", *common, "--logdir", str(tmp_path / "split"), "--stop-after", "2")
+    assert first.exit_code == 0, first.output
     assert not (tmp_path / "split" / "checkpoint_final.pt").exists()
-    second = _train_subprocess(*common, "--logdir", str(tmp_path / "split"), "--resume")
-    assert second.returncode == 0, second.stderr
+    second = invoke("train", *common, "--logdir", str(tmp_path / "split"), "--resume")
+    assert second.exit_code == 0, second.output
     a = _weights(tmp_path / "straight" / "checkpoint_final.pt")
     b = _weights(tmp_path / "split" / "checkpoint_final.pt")
     assert a.keys() == b.keys()

@@ -65,10 +65,24 @@ def test_finetune_cli_from_a_raw_state_dict(tiny_dataset, tmp_path):
     assert not torch.equal(tuned["model"]["out.conv.conv.weight"], original["module.out.conv.conv.weight"])
 
 
+def _starting_weights_kept(run, source_state: dict) -> bool:
+    """After one epoch at a negligible learning rate, the run's weights are still the file's (to 1e-9; a
+    fresh initialisation differs by 1e-2 and more)."""
+    tuned = safe_load(run / "checkpoint_final.pt")["model"]
+    return all(
+        torch.allclose(tuned[k.removeprefix("module.")], v, rtol=0, atol=1e-9)
+        for k, v in source_state.items()
+        if "running_" not in k and "num_batches" not in k
+    )
+
+
+NEGLIGIBLE_LR = ("--lr", "1e-12")
+
+
 def test_reference_dir_and_name_flags(tiny_dataset, tmp_path):
     folder = tmp_path / "pretrained_models"
     folder.mkdir()
-    _tiny_raw_state_dict(folder / "UNETR_model_best_acc.pth")
+    source = _tiny_raw_state_dict(folder / "UNETR_model_best_acc.pth")
     result = invoke(
         "finetune",
         "--pretrained-dir",
@@ -83,9 +97,11 @@ def test_reference_dir_and_name_flags(tiny_dataset, tmp_path):
         tmp_path / "run",
         "--max-epochs",
         "1",
+        *NEGLIGIBLE_LR,
         "-q",
     )
     assert result.exit_code == 0, result.output
+    assert _starting_weights_kept(tmp_path / "run", torch.load(source, weights_only=True))
 
 
 def test_new_label_set_with_reinit_head_and_frozen_encoder(tiny_dataset, tmp_path):
@@ -136,7 +152,8 @@ def test_finetune_from_torchscript_with_trust(trained_run, tiny_dataset, tmp_pat
     ]
     refused = invoke("finetune", *common, "--logdir", tmp_path / "a")
     assert refused.exit_code == 1 and "--trust-torchscript" in refused.stderr
-    result = invoke("finetune", *common, "--trust-torchscript", "--logdir", tmp_path / "b")
+    result = invoke("finetune", *common, "--trust-torchscript", *NEGLIGIBLE_LR, "--logdir", tmp_path / "b")
     assert result.exit_code == 0, result.output
+    assert _starting_weights_kept(tmp_path / "b", safe_load(trained_run / "checkpoint_final.pt")["model"])
     stored = safe_load(tmp_path / "b" / "checkpoint_final.pt")["settings"]
     assert stored["model"]["img_size"] == 32 and stored["data"]["spacing"] == [6.0, 6.0, 8.0]

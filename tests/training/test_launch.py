@@ -1,4 +1,5 @@
-"""Multi-process training through torchrun on CPU (gloo): one run, ranks in sync, clear failures, restarts."""
+"""Training through torchrun on CPU (gloo): one run, ranks in sync, clear failures, restarts, external
+torchrun."""
 
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ def test_max_restarts_resumes_from_checkpoint_latest(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_external_torchrun_shares_one_default_run_folder(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_external_torchrun_shares_one_default_run_folder(tiny_dataset, tmp_path, processes):
     done = subprocess.run(
         [
             sys.executable,
@@ -141,7 +143,7 @@ def test_external_torchrun_shares_one_default_run_folder(tiny_dataset, tmp_path)
             "torch.distributed.run",
             "--standalone",
             "--nproc-per-node",
-            "2",
+            str(processes),
             "-m",
             "unetr_cli",
             "train",
@@ -163,6 +165,7 @@ def test_external_torchrun_shares_one_default_run_folder(tiny_dataset, tmp_path)
     assert (runs[0] / "checkpoint_final.pt").is_file()
 
 
+@pytest.mark.no_gpu
 def test_distributed_without_gpus_is_a_clear_usage_error(tiny_dataset, tmp_path):
     result = invoke("train", *TINY, "--data-dir", tiny_dataset, "--logdir", tmp_path / "run", "--distributed")
     assert result.exit_code == 2

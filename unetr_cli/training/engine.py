@@ -9,7 +9,6 @@ augmentations are reseeded from (seed, epoch, rank) at every epoch, so a run res
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -24,16 +23,25 @@ import torch
 from unetr_cli import distributed
 from unetr_cli.checkpoint import LoadedWeights
 from unetr_cli.console import Reporter
-from unetr_cli.devices import autocast, autocast_dtype, grad_scaler, precision_name, resolve_device
+from unetr_cli.devices import autocast, autocast_dtype, grad_scaler, resolve_device
 from unetr_cli.errors import Interrupted, TrainingError
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
 from unetr_cli.model import build_model, load_state
 from unetr_cli.settings import Settings
+from unetr_cli.training.progress import (
+    Bars,
+    announce,
+    check_data,
+    log_tensorboard,
+    report_validation,
+    tensorboard,
+)
 from unetr_cli.training.rundir import BEST, FINAL, LATEST, TB_DIR, RunDir
 from unetr_cli.training.schedule import learning_rate, step_position
 from unetr_cli.training.state import LoopState, check_resumable, restore_training_state, save_training_state
+from unetr_cli.training.stopping import StopRequest, StopSignal, stop_on_signals
 
 
 @dataclass
@@ -111,7 +119,10 @@ def fit(
     state, max_epochs = training.state, training.settings.optimisation.max_epochs
     first_epoch, started, last_dice = state.epoch, time.monotonic(), math.nan
     try:
-        with _stop_on_signals(distributed.is_main()) as stop, _Bars(reporter, training) as bars:
+        with (
+            stop_on_signals(distributed.is_main()) as stop,
+            Bars(reporter, max_epochs, first_epoch, len(training.loader)) as bars,
+        ):
             for epoch in range(first_epoch, max_epochs):
                 record = _train_one_epoch(training, epoch, bars, stop)
                 last_epoch = _last_epoch_of_run(epoch, max_epochs, first_epoch, training.options, started)
@@ -122,7 +133,7 @@ def fit(
                 _log_epoch(training, record, bars)
                 if last_epoch:
                     break
-    except (KeyboardInterrupt, _Stop) as stopped:
+    except (KeyboardInterrupt, StopSignal) as stopped:
         _save_interrupted(training, stopped)
     finally:
         if training.writer is not None:
@@ -152,7 +163,7 @@ def _set_up(
         run.prepare(options.resume, options.overwrite)
         if options.resume:
             check_resumable(run, settings)
-        _check_data(datalist.training + datalist.validation, settings, reporter)
+        check_data(datalist.training + datalist.validation, settings, reporter)
         run.write_settings(settings.to_dict())
 
     distributed.on_main(prepare_run)
@@ -201,9 +212,19 @@ def _set_up(
         ),
         val_set=validation_dataset(val_cases, settings) if datalist.validation else None,
         state=state,
-        writer=_tensorboard(run.path / TB_DIR) if distributed.is_main() else None,
+        writer=tensorboard(run.path / TB_DIR) if distributed.is_main() else None,
     )
-    _announce(training, len(datalist.training), len(datalist.validation))
+    announce(
+        reporter,
+        settings,
+        volumes=(len(datalist.training), len(datalist.validation)),
+        steps=len(training.loader),
+        world_size=env.world_size,
+        device=device,
+        amp_dtype=amp_dtype,
+        lr=training.base_lr,
+        start_epoch=state.epoch,
+    )
     return training
 
 
@@ -235,7 +256,7 @@ def _loss(settings: Settings):
 # --- one epoch --------------------------------------------------------------------------------------------
 
 
-def _train_one_epoch(training: _Training, epoch: int, bars: _Bars, stop: _StopRequest) -> dict:
+def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequest) -> dict:
     """Every step of `epoch`; returns the epoch's record for the metrics log."""
     state, opt, device = training.state, training.settings.optimisation, training.device
     distributed.maybe_inject_fault(epoch + 1)
@@ -330,7 +351,7 @@ def _validate_and_checkpoint(training: _Training, record: dict) -> float:
         state.best_dice, state.best_epoch = mean_dice, record["epoch"]
         training.save(BEST)
     training.save(LATEST)
-    _report_validation(training.reporter, record, state)
+    report_validation(training.reporter, record, state)
     return mean_dice
 
 
@@ -346,10 +367,10 @@ def validate(segmenter: Segmenter, dataset, settings: Settings) -> tuple[np.ndar
     return accumulator.per_organ(), accumulator.mean()
 
 
-def _log_epoch(training: _Training, record: dict, bars: _Bars) -> None:
+def _log_epoch(training: _Training, record: dict, bars: Bars) -> None:
     if distributed.is_main():
         training.run.log_metrics(record)
-        _log_tensorboard(training.writer, record)
+        log_tensorboard(training.writer, record)
         if "mean_dice" in record:
             training.run.plot_progress()
     training.reporter.event("epoch", **record)
@@ -362,7 +383,7 @@ def _save_interrupted(training: _Training, stopped: BaseException) -> None:
     """Keep what the interrupted epoch learnt in checkpoint_latest; a resumed run redoes that epoch."""
     training.state.rewind_epoch()
     training.save(LATEST, sync=False)
-    signal_number = stopped.signal_number if isinstance(stopped, _Stop) else signal.SIGINT
+    signal_number = stopped.signal_number if isinstance(stopped, StopSignal) else signal.SIGINT
     latest = training.run.checkpoint(LATEST)
     raise Interrupted(
         f"interrupted: saved {latest} at epoch {training.state.epoch}; continue with "
@@ -398,159 +419,3 @@ def _finish(training: _Training, last_dice: float) -> FitResult:
 
 def _round(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 5)
-
-
-# --- stopping on signals ----------------------------------------------------------------------------------
-
-
-class _Stop(Exception):
-    """Raised by the loop when a stop signal arrived, so it saves before exiting."""
-
-    def __init__(self, signal_number: int):
-        self.signal_number = signal_number
-        super().__init__(signal_number)
-
-
-class _StopRequest:
-    """Signal handler for SIGTERM and Ctrl-C: the loop stops after the current step and saves.
-
-    Raising from the handler itself could land inside a data transform, which would wrap it; a second Ctrl-C
-    still interrupts at once.
-    """
-
-    def __init__(self):
-        self.signal_number: int | None = None
-
-    def __call__(self, signum, frame) -> None:
-        if self.signal_number is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_number = signum
-
-    def check(self) -> None:
-        if self.signal_number is not None:
-            raise _Stop(self.signal_number)
-
-
-@contextlib.contextmanager
-def _stop_on_signals(install: bool):
-    """A `_StopRequest` handling SIGTERM and SIGINT (on the main process: the others follow it)."""
-    request = _StopRequest()
-    previous = (
-        {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)} if install else {}
-    )
-    try:
-        yield request
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-# --- reporting --------------------------------------------------------------------------------------------
-
-
-class _Bars:
-    """The epochs and steps progress bars (nothing where the reporter shows no progress)."""
-
-    def __init__(self, reporter: Reporter, training: _Training):
-        self.reporter, self.training = reporter, training
-        self._progress = None
-
-    def __enter__(self) -> _Bars:
-        self._context = self.reporter.progress()
-        self._progress = self._context.__enter__()
-        if self._progress is not None:
-            max_epochs = self.training.settings.optimisation.max_epochs
-            self.epochs = self._progress.add_task(
-                "epochs", total=max_epochs, completed=self.training.state.epoch, status=""
-            )
-            self.steps = self._progress.add_task("steps", total=len(self.training.loader), status="")
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return bool(self._context.__exit__(*exc))
-
-    def start_epoch(self, steps: int) -> None:
-        if self._progress is not None:
-            self._progress.reset(self.steps, total=steps)
-
-    def step(self, status: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self.steps, advance=1, status=status)
-
-    def end_epoch(self, epochs_done: int, status: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self.epochs, completed=epochs_done, status=status)
-
-
-def _check_data(cases: list[dict], settings: Settings, reporter: Reporter) -> None:
-    from unetr_cli.data import check_cases
-
-    with reporter.progress() as bars:
-        task = bars.add_task("checking data", total=len(cases), status="") if bars else None
-        check_cases(
-            cases,
-            settings.model.out_channels,
-            progress=(lambda done: bars.update(task, completed=done)) if bars else None,
-        )
-
-
-def _announce(training: _Training, n_train: int, n_val: int) -> None:
-    settings, env, reporter = training.settings, training.env, training.reporter
-    opt, lr = settings.optimisation, training.base_lr
-    scaled = f" = {opt.lr:g} x {env.world_size} processes (--scale-lr)" if lr != opt.lr else ""
-    crops = opt.batch_size * settings.data.num_samples
-    precision = precision_name(training.amp_dtype)
-    steps = len(training.loader)
-    reporter.info(
-        f"[bold]unetr train[/]: {n_train} training / {n_val} validation volumes, {steps} steps per epoch, "
-        f"{env.world_size} process(es) on {training.device}, {precision}",
-        markup=True,
-    )
-    reporter.info(
-        f"effective batch {crops * env.world_size} crops of {settings.model.img_size}^3 "
-        f"({opt.batch_size} volume(s) x {settings.data.num_samples} crops x {env.world_size} process(es)), "
-        f"lr {lr:g}{scaled} ({opt.lrschedule}), epochs {training.state.epoch}..{opt.max_epochs}"
-    )
-    reporter.event(
-        "start",
-        train_volumes=n_train,
-        val_volumes=n_val,
-        steps_per_epoch=steps,
-        world_size=env.world_size,
-        device=str(training.device),
-        precision=precision,
-        effective_batch=crops * env.world_size,
-        lr=lr,
-        start_epoch=training.state.epoch,
-    )
-
-
-def _report_validation(reporter: Reporter, record: dict, state: LoopState) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"validation after epoch {record['epoch']}", title_justify="left")
-    table.add_column("organ")
-    table.add_column("Dice", justify="right")
-    for organ, dice in record["dice"].items():
-        table.add_row(organ, "n/a" if dice is None else f"{dice:.3f}")
-    table.add_row("[bold]mean[/]", f"[bold]{record['mean_dice']:.3f}[/]")
-    reporter.table(table)
-    reporter.info(f"best mean Dice {state.best_dice:.4f} at epoch {state.best_epoch}")
-    reporter.event("validation", epoch=record["epoch"], mean_dice=record["mean_dice"], dice=record["dice"])
-
-
-def _tensorboard(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(path))
-
-
-def _log_tensorboard(writer, record: dict) -> None:
-    writer.add_scalar("train/loss", record["loss"], record["epoch"])
-    writer.add_scalar("train/lr", record["lr"], record["epoch"])
-    if "mean_dice" in record:
-        writer.add_scalar("val/mean_dice", record["mean_dice"], record["epoch"])
-        for organ, dice in record["dice"].items():
-            if dice is not None:
-                writer.add_scalar(f"val_dice/{organ}", dice, record["epoch"])
-    writer.flush()

@@ -1,0 +1,49 @@
+"""Stopping a training run cleanly: SIGTERM (a job scheduler) or Ctrl-C ends the run after the current
+step, so the loop can save checkpoint_latest before it exits."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+
+class StopSignal(Exception):
+    """Raised by the loop when a stop signal arrived, so it saves before exiting."""
+
+    def __init__(self, signal_number: int):
+        self.signal_number = signal_number
+        super().__init__(signal_number)
+
+
+class StopRequest:
+    """Signal handler for SIGTERM and Ctrl-C: the loop stops after the current step and saves.
+
+    Raising from the handler itself could land inside a data transform, which would wrap it; a second Ctrl-C
+    still interrupts at once.
+    """
+
+    def __init__(self):
+        self.signal_number: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal_number is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+
+    def check(self) -> None:
+        if self.signal_number is not None:
+            raise StopSignal(self.signal_number)
+
+
+@contextlib.contextmanager
+def stop_on_signals(install: bool):
+    """A `StopRequest` handling SIGTERM and SIGINT (on the main process: the others follow it)."""
+    request = StopRequest()
+    previous = (
+        {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)} if install else {}
+    )
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
