@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -26,6 +27,13 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device of this process: under torchrun, each process drives the GPU of its LOCAL_RANK."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 

@@ -42,13 +42,14 @@ def is_main() -> bool:
 
 
 def init(device: torch.device, timeout_s: int) -> DistEnv:
-    """Join the process group when launched by torchrun: NCCL on CUDA, gloo on CPU.
+    """Join the process group when launched by torchrun (a group of one for one process): NCCL on CUDA,
+    gloo on CPU.
 
     Each rank drives the GPU of its LOCAL_RANK (never the global rank, which is wrong on multi-node jobs).
     The finite timeout makes a hung or dead rank end the job instead of hanging it.
     """
     env = dist_env()
-    if not env.is_distributed or dist.is_initialized():
+    if "MASTER_ADDR" not in os.environ or dist.is_initialized():
         return env
     if device.type == "cuda":
         torch.cuda.set_device(env.local_rank)
@@ -169,51 +170,81 @@ def maybe_inject_fault(epoch: int) -> None:
         raise RuntimeError(f"fault injected on rank {rank} at epoch {epoch} (UNETR_FAULT_INJECT)")
 
 
-def launch(
-    module: str,
-    module_args: list[str],
-    nproc_per_node: int,
-    nnodes: str = "1",
-    node_rank: int = 0,
-    rdzv_endpoint: str | None = None,
-    max_restarts: int = 0,
-) -> None:
-    """Run `python -m MODULE MODULE_ARGS` in `nproc_per_node` processes through PyTorch's elastic launcher
-    (`torch.distributed.run`, the code behind `torchrun`), in this process.
+@dataclass(frozen=True)
+class Launch:
+    """How many processes to start through torchrun, and where (nothing to start when all are unset)."""
 
-    Raises:
-        TrainingError: a rank failed; the message names the first failed rank and its exit code.
-    """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    nproc_per_node: int | None = None
+    distributed: bool = False
+    nnodes: str | None = None
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    max_restarts: int | None = None
 
-    from unetr_cli.errors import TrainingError
+    def processes(self, device: str) -> int | None:
+        """Processes to start on this node for work on `device` (auto, cpu, cuda, cuda:N); None for none.
 
-    args = [
-        "--nproc-per-node",
-        str(nproc_per_node),
-        "--nnodes",
-        str(nnodes),
-        "--max-restarts",
-        str(max_restarts),
-    ]
-    if rdzv_endpoint is None and str(nnodes) == "1":
-        args.append("--standalone")
-    else:
-        if rdzv_endpoint is None:
-            raise TrainingError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
-        args += ["--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
-    # Share the CPU between the processes instead of torchrun's blanket OMP_NUM_THREADS=1 (and its warning).
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
-    try:
-        run(get_args_parser().parse_args([*args, "-m", module, *module_args]))
-    except ChildFailedError as err:
-        # The rank that failed on its own, not the ones the launcher then stopped with SIGTERM.
-        rank, failure = min(
-            err.failures.items(), key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0])
-        )
-        detail = f" ({failure.message})" if isinstance(failure.message, str) and failure.message else ""
-        raise TrainingError(
-            f"distributed training failed: rank {rank} (local rank {failure.local_rank}) exited with code "
-            f"{failure.exitcode}{detail}; {len(err.failures)} rank(s) failed, the others were stopped"
-        ) from None
+        One process per GPU: asking for more processes than visible GPUs is an error, unless the work is on
+        the CPU (`--device cpu`), where torchrun starts that many gloo processes.
+        """
+        from unetr_cli.errors import UsageError
+
+        gpus = torch.cuda.device_count()
+        if self.distributed and self.nproc_per_node is None:
+            if not gpus:
+                raise UsageError("--distributed: no GPU is visible; use --nproc-per-node N for CPU processes")
+            return gpus
+        on_gpus = device.startswith("cuda") or (device == "auto" and gpus > 0)
+        if self.nproc_per_node and on_gpus and self.nproc_per_node > gpus:
+            raise UsageError(
+                f"--nproc-per-node {self.nproc_per_node}: only {gpus} GPU(s) are visible (one process per "
+                "GPU); lower it, or pass --device cpu for CPU processes"
+            )
+        return self.nproc_per_node
+
+    def start(self, module: str, module_args: list[str], processes: int, job: str) -> None:
+        """Run `python -m MODULE MODULE_ARGS` in `processes` processes on this node through PyTorch's
+        elastic launcher (`torch.distributed.run`, the code behind `torchrun`), in this process.
+
+        Raises:
+            UnetrError: a rank failed; the message names the `job`, the first failed rank and its exit code.
+        """
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.run import get_args_parser, run
+
+        from unetr_cli.errors import UnetrError, UsageError
+
+        nnodes = self.nnodes or "1"
+        args = [
+            "--nproc-per-node",
+            str(processes),
+            "--nnodes",
+            nnodes,
+            "--max-restarts",
+            str(self.max_restarts or 0),
+        ]
+        if self.rdzv_endpoint is None and nnodes == "1":
+            args.append("--standalone")
+        else:
+            if self.rdzv_endpoint is None:
+                raise UsageError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
+            args += ["--node-rank", str(self.node_rank or 0), "--rdzv-backend", "c10d"]
+            args += ["--rdzv-endpoint", self.rdzv_endpoint]
+        # Share the CPU between the processes, not torchrun's blanket OMP_NUM_THREADS=1 (and its warning).
+        threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or 1) // processes))
+        try:
+            run(get_args_parser().parse_args([*args, "-m", module, *module_args]))
+        except ChildFailedError as err:
+            # The rank that failed on its own, not the ones the launcher then stopped with SIGTERM.
+            rank, failure = min(
+                err.failures.items(), key=lambda item: (item[1].exitcode < 0, item[1].timestamp, item[0])
+            )
+            detail = f" ({failure.message})" if isinstance(failure.message, str) and failure.message else ""
+            raise UnetrError(
+                f"distributed {job} failed: rank {rank} (local rank {failure.local_rank}) exited with code "
+                f"{failure.exitcode}{detail}; {len(err.failures)} rank(s) failed, the others were stopped"
+            ) from None
+        finally:
+            if threads is None:
+                del os.environ["OMP_NUM_THREADS"]

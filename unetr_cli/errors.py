@@ -71,3 +71,34 @@ class Interrupted(UnetrError):
 
     def __reduce__(self):
         return (self.__class__, (str(self), self.signal_number))
+
+
+def failure_message(err: BaseException, path: str | Path) -> str | None:
+    """What a batch reports for one case that failed with `err` while working on `path`: the project's own
+    errors as they are, and the failures of the machine (disk full, no permission, out of host or GPU memory,
+    a CUDA error) named in one line. None for anything else, which is a bug and must not be hidden."""
+    import errno
+
+    if isinstance(err, UnetrError):
+        return str(err)
+    if isinstance(err, OSError):
+        reason = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.EROFS: "read-only file system",
+        }.get(err.errno, err.strerror or type(err).__name__)
+        return f"{path}: {reason}"
+    if isinstance(err, MemoryError):
+        return f"{path}: not enough memory"
+    if type(err).__name__ == "OutOfMemoryError":  # torch's, for a GPU
+        return f"{path}: out of GPU memory ({_first_line(err)})"
+    if isinstance(err, RuntimeError) and "CUDA" in str(err):
+        return f"{path}: {_first_line(err)}"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from unetr_cli import __version__
@@ -41,10 +40,15 @@ def metadata(settings: Settings) -> dict[str, str]:
     }
 
 
-def _parity_input(settings: Settings, batch: int = 1) -> torch.Tensor:
+def _parity_input(settings: Settings, device: torch.device, batch: int = 1) -> torch.Tensor:
+    """A random window (the same one every time), on the model's device: the check runs where the model is."""
     generator = torch.Generator().manual_seed(0)
     size = settings.model.img_size
-    return torch.rand((batch, settings.model.in_channels, size, size, size), generator=generator)
+    return torch.rand((batch, settings.model.in_channels, size, size, size), generator=generator).to(device)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def export_torchscript(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
@@ -56,8 +60,9 @@ def export_torchscript(model: torch.nn.Module, settings: Settings, path: Path) -
         torch.jit.save(
             scripted, str(tmp), _extra_files={k: v for k, v in extra.items() if k.endswith(".json")}
         )
-        reloaded = torch.jit.load(str(tmp), map_location="cpu")  # the file we just wrote ourselves
-        diff = _max_diff(model, lambda x: reloaded(x), _parity_input(settings))
+        device = _device_of(model)
+        reloaded = torch.jit.load(str(tmp), map_location=device)  # the file we just wrote ourselves
+        diff = _max_diff(model, lambda x: reloaded(x), _parity_input(settings, device))
         _check(diff, path)
     return ExportReport(path, "TorchScript", diff)
 
@@ -69,7 +74,7 @@ def export_onnx(model: torch.nn.Module, settings: Settings, path: Path) -> Expor
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise UsageError("--onnx needs the onnx package: pip install 'unetr[onnx]'") from None
-    example = _parity_input(settings)
+    example = _parity_input(settings, _device_of(model))
     with atomic_output(path) as tmp:
         torch.onnx.export(
             model,
@@ -88,9 +93,9 @@ def export_onnx(model: torch.nn.Module, settings: Settings, path: Path) -> Expor
             diff = None
         else:
             session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            batch = _parity_input(settings, batch=2)  # a different batch size than the export example
+            batch = _parity_input(settings, example.device, batch=2)  # not the export example's batch size
             diff = _max_diff(
-                model, lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), batch
+                model, lambda x: torch.from_numpy(session.run(None, {"image": x.cpu().numpy()})[0]), batch
             )
             _check(diff, path)
     if diff is None:
@@ -113,7 +118,7 @@ def export_safetensors(model: torch.nn.Module, settings: Settings, path: Path) -
     from unetr_cli.checkpoint import read_weights
 
     reloaded = read_weights(path)
-    same = all(torch.equal(v, reloaded.state_dict[k]) for k, v in model.state_dict().items())
+    same = all(torch.equal(v.cpu(), reloaded.state_dict[k]) for k, v in model.state_dict().items())
     if not same:
         raise UnetrError(f"{path}: the written weights differ from the model's")
     return ExportReport(path, "safetensors", 0.0)
@@ -133,7 +138,7 @@ def _add_onnx_metadata(path: Path, settings: Settings) -> None:
 def _max_diff(model: torch.nn.Module, exported, example: torch.Tensor) -> float:
     expected = model(example)
     actual = exported(example)
-    return float(np.abs((expected - actual).numpy()).max())
+    return float((expected.cpu() - actual.cpu()).abs().max())
 
 
 def _check(diff: float, path: Path) -> None:

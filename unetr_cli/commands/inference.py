@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from unetr_cli.commands import options as opt
-from unetr_cli.commands.weights import WeightsOptions, trained_model
+from unetr_cli.commands.weights import WeightsOptions, model_settings, trained_model
 from unetr_cli.console import Reporter, error_line, stdout
 from unetr_cli.errors import UsageError
 
@@ -47,6 +47,11 @@ def predict(
         ),
     ] = False,
     overwrite: opt.Overwrite = False,
+    nproc_per_node: opt.NprocPerNode = None,
+    distributed: opt.Distributed = False,
+    nnodes: opt.Nnodes = None,
+    node_rank: opt.NodeRank = None,
+    rdzv_endpoint: opt.RdzvEndpoint = None,
     config: opt.Config = None,
     preset: opt.Preset = None,
     set_: opt.Set = None,
@@ -57,23 +62,18 @@ def predict(
 
     Preprocessing is the validation pipeline (RAS, training spacing, HU window, body crop); sliding-window
     inference runs at model resolution and the label map is carried back to the scan's own grid. A label
-    sidecar (.json) and a 3D Slicer colour table (.ctbl) travel with every output.
+    sidecar (.json) and a 3D Slicer colour table (.ctbl) travel with every output. With --nproc-per-node N
+    the scans are shared among N processes, one per GPU.
 
     Examples:
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint runs/btcv/checkpoint_best.pt
       unetr predict scans/ -o segs/ --checkpoint model.pth --stats --preview --skip-existing
       unetr predict "data/imagesTs/*.nii.gz" -o segs/ --pretrained-dir pretrained_models --tta
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
+      unetr predict scans/ -o segs/ --checkpoint model.pth --nproc-per-node 4 --skip-existing
     """
-    from unetr_cli.devices import resolve_device
-    from unetr_cli.inference.batch import (
-        PredictOptions,
-        check_outputs,
-        expand_inputs,
-        plan_outputs,
-        predict_batch,
-    )
-    from unetr_cli.inference.segmenter import Segmenter
+    from unetr_cli.distributed import Launch
+    from unetr_cli.inference.batch import PredictOptions, check_outputs, expand_inputs, plan_outputs
 
     scans = expand_inputs(inputs)
     targets = plan_outputs(scans, output)
@@ -82,7 +82,7 @@ def predict(
     weights = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
     ).read()
-    trained = trained_model(
+    settings = model_settings(
         weights,
         opt.sources(config, preset, set_),
         {
@@ -95,11 +95,27 @@ def predict(
             "inference.device": device,
         },
     )
-    settings = trained.settings
-    options.provenance = {"checkpoint": str(trained.weights_path), "settings": settings.to_dict()}
+    options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
-    segmenter = Segmenter(trained.network, settings, resolve_device(settings.inference.device))
-    result = predict_batch(scans, targets, segmenter, options, reporter)
+    launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint)
+    processes = launch.processes(settings.inference.device)
+    if processes:
+        from unetr_cli.inference.worker import PredictJob, predict_on_processes
+
+        job = PredictJob(
+            scans, targets, options, settings, Path(weights.source), trust_torchscript, reporter.mode
+        )
+        del weights  # each process reads the weights itself
+        result = predict_on_processes(job, launch, processes)
+    else:
+        from unetr_cli.devices import resolve_device
+        from unetr_cli.inference.batch import predict_batch
+        from unetr_cli.inference.segmenter import Segmenter
+        from unetr_cli.model import model_with_weights
+
+        model = model_with_weights(settings.model, weights.state_dict, weights.source)
+        segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
+        result = predict_batch(scans, targets, segmenter, options, reporter)
     _summarise_batch(result, reporter)
 
 

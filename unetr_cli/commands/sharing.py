@@ -32,6 +32,7 @@ def export(
     feature_size: opt.FeatureSize = None,
     img_size: opt.ImgSize = None,
     out_channels: opt.OutChannels = None,
+    device: opt.Device = None,
     overwrite: opt.Overwrite = False,
     config: opt.Config = None,
     preset: opt.Preset = None,
@@ -39,9 +40,10 @@ def export(
 ) -> None:
     """Export a model as TorchScript, ONNX or safetensors; settings and label names travel inside the file.
 
-    The exported file is reloaded and compared with the eager model on a random window; the largest absolute
-    difference is printed and the export fails above 1e-3. A file without stored settings (like the official
-    UNETR_model_best_acc.pth) needs its architecture named: --preset btcv or the model flags.
+    The exported file is reloaded and compared with the eager model on a random window, on --device; the
+    largest absolute difference is printed and the export fails above 1e-3. A file without stored settings
+    (like the official UNETR_model_best_acc.pth) needs its architecture named: --preset btcv or the model
+    flags.
 
     Examples:
       unetr export --checkpoint runs/btcv/checkpoint_best.pt --torchscript -o unetr_btcv.pt
@@ -49,6 +51,7 @@ def export(
       unetr export --checkpoint UNETR_model_best_acc.pth --preset btcv --safetensors -o unetr.safetensors
     """
     from unetr_cli import export as exporting
+    from unetr_cli.devices import resolve_device
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
     if output.exists() and not overwrite:
@@ -65,9 +68,15 @@ def export(
     trained = trained_model(
         weights,
         opt.sources(config, preset, set_),
-        {"model.feature_size": feature_size, "model.img_size": img_size, "model.out_channels": out_channels},
+        {
+            "model.feature_size": feature_size,
+            "model.img_size": img_size,
+            "model.out_channels": out_channels,
+            "inference.device": device,
+        },
     )
-    settings, model = trained.settings, trained.network
+    settings = trained.settings
+    model = trained.network.to(resolve_device(settings.inference.device))
     exporter = {
         "torchscript": exporting.export_torchscript,
         "onnx": exporting.export_onnx,

@@ -61,8 +61,9 @@ def train(
       unetr train --resume --logdir runs/tiny
       unetr train --data-dir /dataset/dataset0 --nproc-per-node 4 --scale-lr
     """
+    from unetr_cli.distributed import Launch
     from unetr_cli.training.engine import RunOptions
-    from unetr_cli.training.launch import Launch, start_training
+    from unetr_cli.training.launch import start_training
 
     start_training(
         sources=opt.sources(config, preset, set_),
@@ -154,8 +155,9 @@ def finetune(
       unetr finetune --from runs/btcv/checkpoint_best.pt --out-channels 5 --reinit-head --data-dir my_organs
     """
     from unetr_cli.checkpoint import locate_weights
+    from unetr_cli.distributed import Launch
     from unetr_cli.training.engine import RunOptions
-    from unetr_cli.training.launch import FinetuneFrom, Launch, start_training
+    from unetr_cli.training.launch import FinetuneFrom, start_training
 
     start_training(
         sources=opt.sources(config, preset, set_),

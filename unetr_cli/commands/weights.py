@@ -48,11 +48,16 @@ class TrainedModel:
     weights_path: Path
 
 
-def trained_model(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> TrainedModel:
+def model_settings(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> Settings:
     """Settings from the weights file where it carries them (its architecture and input space), the user's
-    sources and flags on top; then the model with the weights loaded strictly."""
+    sources and flags on top."""
+    return resolve_settings(sources, flags, base=input_space(weights.settings or {}))
+
+
+def trained_model(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> TrainedModel:
+    """`model_settings`, then the model with the weights loaded strictly."""
     from unetr_cli.model import model_with_weights
 
-    settings = resolve_settings(sources, flags, base=input_space(weights.settings or {}))
+    settings = model_settings(weights, sources, flags)
     network = model_with_weights(settings.model, weights.state_dict, weights.source)
     return TrainedModel(settings, network, Path(weights.source))

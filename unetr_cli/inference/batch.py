@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import glob
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from unetr_cli.console import Reporter
-from unetr_cli.errors import InputError, OutputExistsError, UnetrError, UsageError
+from unetr_cli.errors import InputError, OutputExistsError, UsageError, failure_message
 from unetr_cli.inference.reports import (
     organ_statistics,
     output_stem,
@@ -19,7 +20,7 @@ from unetr_cli.inference.reports import (
     write_preview,
     write_statistics,
 )
-from unetr_cli.inference.scan import predict_scan
+from unetr_cli.inference.scan import Scan, read_scan, segment_scan
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.volumes import NIFTI_SUFFIXES, is_nifti, save_nifti
 
@@ -95,48 +96,117 @@ def check_outputs(outputs: list[Path], options: PredictOptions) -> None:
 def predict_batch(
     inputs: list[Path], outputs: list[Path], segmenter: Segmenter, options: PredictOptions, reporter: Reporter
 ) -> BatchResult:
-    """Segment every input into its output; a failure is reported and the batch goes on."""
+    """Segment every input into its output; a failure is reported and the batch goes on.
+
+    On a GPU, decoding the next scan and writing the last one's outputs run in two helper threads while the
+    GPU works on the current scan (zlib, the bulk of both, runs outside the interpreter lock). On the CPU the
+    steps run one after another, as the cores are all busy with the model.
+    """
     result = BatchResult()
-    num_classes = segmenter.settings.model.out_channels
-    with reporter.progress() as bars:
-        task = bars.add_task("scans", total=len(inputs), status="") if bars else None
-        for source, target in zip(inputs, outputs, strict=True):
-            if target.exists() and options.skip_existing:
-                result.skipped.append(target)
-            else:
-                try:
-                    started = time.monotonic()
-                    _predict_one(source, target, segmenter, options, num_classes)
-                    result.written.append(target)
-                    seconds = time.monotonic() - started
-                    reporter.info(f"{source} -> {target} ({seconds:.1f} s)")
-                    reporter.event(
-                        "predicted", input=str(source), output=str(target), seconds=round(seconds, 3)
-                    )
-                except UnetrError as err:
-                    result.failed[source] = str(err)
-                    reporter.warn(f"skipped: {err}")
-                    reporter.event("failed", input=str(source), error=str(err))
-                for note in segmenter.notes:
-                    reporter.warn(note)
-                segmenter.notes.clear()
+    todo = []
+    for source, target in zip(inputs, outputs, strict=True):
+        if target.exists() and options.skip_existing:
+            result.skipped.append(target)
+        else:
+            todo.append((source, target))
+    overlap = segmenter.device.type == "cuda"
+    classes = segmenter.settings.model.out_channels
+    with (
+        ThreadPoolExecutor(1, "unetr-read") as reader,
+        ThreadPoolExecutor(1, "unetr-write") as writer,
+        reporter.progress() as bars,
+    ):
+        task = (
+            bars.add_task("scans", total=len(inputs), completed=len(result.skipped), status="")
+            if bars
+            else None
+        )
+
+        def advance(source: Path) -> None:
             if bars:
                 bars.update(task, advance=1, status=source.name)
+
+        def finish(source: Path, target: Path, started: float, written: Future) -> None:
+            _finish_write(result, reporter, source, target, started, written)
+            advance(source)
+
+        read = reader.submit if overlap else _now
+        write = writer.submit if overlap else _now
+        writes: list[tuple[Path, Path, float, Future]] = []  # at most MAX_PENDING_WRITES scans wait in memory
+        upcoming = read(_read, todo[0][0]) if todo else None
+        for index, (source, target) in enumerate(todo):
+            reading, started = upcoming, time.monotonic()
+            if index + 1 < len(todo):
+                upcoming = read(_read, todo[index + 1][0])
+            try:
+                scan = reading.result()
+                labels = segment_scan(scan, segmenter)
+            except Exception as err:
+                _record_failure(result, reporter, source, err)
+                advance(source)
+            else:
+                writes.append(
+                    (source, target, started, write(_write_outputs, scan, labels, target, options, classes))
+                )
+            for note in segmenter.notes:
+                reporter.warn(note)
+            segmenter.notes.clear()
+            while writes and (writes[0][3].done() or len(writes) > MAX_PENDING_WRITES):
+                finish(*writes.pop(0))
+        for pending in writes:
+            finish(*pending)
     return result
 
 
-def _predict_one(
-    source: Path, target: Path, segmenter: Segmenter, options: PredictOptions, classes: int
-) -> None:
+MAX_PENDING_WRITES = 2
+
+
+def _now(function, *args) -> Future:
+    """Run `function` here and now, as a finished Future (the no-overlap path)."""
+    future: Future = Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as err:
+        future.set_exception(err)
+    return future
+
+
+def _read(source: Path) -> Scan:
     if not source.exists():
         raise InputError(source, "file not found")
     if not is_nifti(source):
         raise InputError(source, "not a NIfTI file (.nii or .nii.gz)")
-    prediction = predict_scan(source, segmenter)
-    affine = prediction.nifti.affine
-    save_nifti(prediction.labels, affine, target, like=prediction.nifti, overwrite=True)
-    write_label_sidecars(target, classes, {"source": str(source), **options.provenance})
+    return read_scan(source)
+
+
+def _write_outputs(scan: Scan, labels, target: Path, options: PredictOptions, classes: int) -> None:
+    affine = scan.nifti.affine
+    save_nifti(labels, affine, target, like=scan.nifti, overwrite=True)
+    write_label_sidecars(target, classes, {"source": str(scan.path), **options.provenance})
     if options.stats:
-        write_statistics(target, organ_statistics(prediction.labels, prediction.image, affine, classes))
+        write_statistics(target, organ_statistics(labels, scan.image, affine, classes))
     if options.preview:
-        write_preview(target, prediction.image, prediction.labels, affine, classes, title=source.name)
+        write_preview(target, scan.image, labels, affine, classes, title=scan.path.name)
+
+
+def _finish_write(result: BatchResult, reporter: Reporter, source: Path, target: Path, started, done) -> None:
+    try:
+        done.result()
+    except Exception as err:
+        _record_failure(result, reporter, source, err, target)
+        return
+    result.written.append(target)
+    seconds = time.monotonic() - started
+    reporter.info(f"{source} -> {target} ({seconds:.1f} s)")
+    reporter.event("predicted", input=str(source), output=str(target), seconds=round(seconds, 3))
+
+
+def _record_failure(
+    result: BatchResult, reporter: Reporter, source: Path, err: Exception, target: Path | None = None
+) -> None:
+    message = failure_message(err, target or source)
+    if message is None:
+        raise err
+    result.failed[source] = message
+    reporter.warn(f"skipped: {message}")
+    reporter.event("failed", input=str(source), error=message)

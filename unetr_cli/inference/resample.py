@@ -203,3 +203,64 @@ def _interpolated_argmax(
         weight = (upper[0] if a else lower[0]) * (upper[1] if b else lower[1]) * (upper[2] if c else lower[2])
         total += probabilities.index_select(0, origin + int(offset)) * weight[:, None]
     return torch.argmax(total, dim=1).to(torch.uint8).numpy()
+
+
+# --- the GPU path -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def probabilities_to_labels_on_device(
+    logits: torch.Tensor,
+    source_affine: np.ndarray,
+    target_shape: tuple[int, int, int],
+    target_affine: np.ndarray,
+    chunk_voxels: int = 1 << 23,
+) -> np.ndarray:
+    """`resample_labels` with probabilities, computed where the scores are (a GPU): softmax in place, then for
+    each slab of target slices the trilinearly interpolated probabilities (`grid_sample`) and their argmax.
+    Only the uint8 label map leaves the device.
+
+    The host path pads the model grid with certain background; here the interpolation weight that falls
+    outside the grid (one minus the interpolated sum of the probabilities) is added to the background class,
+    which is the same thing without a padded copy.
+
+    Args:
+        logits: (C, X, Y, Z) class scores on the model grid; overwritten by the probabilities.
+        source_affine, target_affine: voxel-to-world matrices of the model grid and the scan.
+        target_shape: the scan's shape.
+        chunk_voxels: target voxels interpolated at a time (each costs C x 4 bytes of device memory).
+    """
+    import torch.nn.functional as F
+
+    for start in range(0, logits.shape[1], SLAB):
+        logits[:, start : start + SLAB] = torch.softmax(logits[:, start : start + SLAB].float(), dim=0)
+    probabilities = logits.float()[None]  # (1, C, X, Y, Z); X, Y, Z are grid_sample's D, H, W
+    device = logits.device
+    mapping = torch.as_tensor(
+        np.linalg.inv(source_affine) @ target_affine, dtype=torch.float64, device=device
+    )
+    # Source voxel index -> grid_sample's normalised coordinate (align_corners=True), in (W, H, D) order.
+    sizes = torch.tensor(logits.shape[1:], dtype=torch.float64, device=device)
+    scale = 2.0 / torch.clamp(sizes - 1, min=1)
+    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in target_shape[:2]]
+    i, j = torch.meshgrid(*axes, indexing="ij")
+    out = np.empty(target_shape, dtype=np.uint8)
+    step = max(1, chunk_voxels // (target_shape[0] * target_shape[1]))
+    for start in range(0, target_shape[2], step):
+        k = torch.arange(start, min(start + step, target_shape[2]), dtype=torch.float64, device=device)
+        ijk = torch.stack(
+            [
+                i[..., None].expand(-1, -1, len(k)),
+                j[..., None].expand(-1, -1, len(k)),
+                k.expand(*i.shape, -1),
+            ],
+            dim=-1,
+        )
+        source = ijk @ mapping[:3, :3].T + mapping[:3, 3]
+        grid = (source * scale - 1.0).flip(-1).to(torch.float32)[None]
+        sampled = F.grid_sample(
+            probabilities, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )[0]
+        sampled[0] += 1.0 - sampled.sum(dim=0)
+        out[:, :, start : start + len(k)] = torch.argmax(sampled, dim=0).to(torch.uint8).cpu().numpy()
+    return out

@@ -1,5 +1,13 @@
-"""One scan, end to end: read it, preprocess it like validation, segment it, and map the labels back onto
-the scan's own grid."""
+"""One scan, end to end: decode it, preprocess it like validation, segment it, and carry the labels back onto
+the scan's own grid.
+
+On a GPU the scan crosses to the device once, right after decoding (`_to_device`): reorientation, resampling,
+the HU window and the body crop run there (MONAI's transforms on CUDA tensors), then the windows, then the
+probabilities are carried back to the scan's grid and arg-maxed there in slabs, and only the uint8 label
+map comes back (`resample.probabilities_to_labels_on_device`). On the CPU, or when the GPU runs out of memory
+for a scan, the host path runs: the same steps on the CPU, resampling only where neighbouring labels
+disagree (`resample.resample_labels`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unetr_cli.inference.resample import SLAB, resample_labels
+from unetr_cli.inference.resample import SLAB, probabilities_to_labels_on_device, resample_labels
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.settings import Settings
+from unetr_cli.volumes import VolumeInfo
+
+
+@dataclass
+class Scan:
+    """A decoded scan: its voxels as stored (int16 HU for most CTs) and its header."""
+
+    image: np.ndarray
+    info: VolumeInfo
+    nifti: object  # the nibabel image, whose header the outputs copy
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
 
 
 @dataclass
@@ -24,22 +46,79 @@ class ScanPrediction:
     path: Path
 
 
-def preprocess_scan(image: np.ndarray, affine: np.ndarray, settings: Settings):
-    """Validation preprocessing of an in-memory scan: returns the model-grid MetaTensor (1, X, Y, Z)."""
+def read_scan(path: str | Path) -> Scan:
+    """Decode and check a scan file on the CPU (the whole gzip stream, so its CRC is checked)."""
+    from unetr_cli.volumes import load_volume, read_info
+
+    nifti, _ = read_info(path)
+    image, info = load_volume(path, dtype=None)
+    return Scan(image, info, nifti)
+
+
+def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
+    """Segment one scan file; the label map has the scan's own shape and affine."""
+    scan = read_scan(path)
+    return ScanPrediction(segment_scan(scan, segmenter), scan.image, scan.nifti, scan.path)
+
+
+def segment_scan(scan: Scan, segmenter: Segmenter) -> np.ndarray:
+    """The uint8 label map of `scan` on its own grid: on the segmenter's GPU when it has one (falling back to
+    the host path for this scan if the GPU runs out of memory), else on the CPU."""
+    if segmenter.device.type == "cuda":
+        try:
+            return _segment_on_device(scan, segmenter)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            segmenter.note(f"GPU out of memory for {scan.path.name}: it ran on the CPU path instead")
+    return _segment_on_host(scan, segmenter)
+
+
+def preprocess_scan(image, affine: np.ndarray, settings: Settings):
+    """Validation preprocessing of an in-memory scan (a numpy array, or a tensor on any device): returns the
+    model-grid MetaTensor (1, X, Y, Z) on the same device."""
     from monai import transforms as T
     from monai.data import MetaTensor
 
     from unetr_cli.data import to_model_space
 
-    tensor = MetaTensor(  # in its stored dtype: reorientation copies it, resampling makes it float32
-        torch.from_numpy(np.ascontiguousarray(image))[None],
-        affine=torch.as_tensor(affine, dtype=torch.float64),
-    )
+    voxels = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+    # In its stored dtype: reorientation copies it, resampling makes it float32.
+    tensor = MetaTensor(voxels[None], affine=torch.as_tensor(affine, dtype=torch.float64))
     return T.Compose(to_model_space(settings, keys=("image",)))({"image": tensor})["image"]
 
 
+def _segment_on_device(scan: Scan, segmenter: Segmenter) -> np.ndarray:
+    model_input = preprocess_scan(
+        _to_device(scan.image, segmenter.device), scan.info.affine, segmenter.settings
+    )
+    model_affine = _affine_of(model_input)
+    logits = segmenter.logits(model_input.as_tensor()[None])[0]
+    del model_input
+    if logits.device.type == "cpu":  # the windows were aggregated in host memory (GPU out of memory)
+        return _back_to_scan_on_host(logits, model_affine, scan, segmenter.settings)
+    if segmenter.settings.inference.resample == "labels":
+        labels = _to_host(torch.argmax(logits, dim=0).to(torch.uint8)).numpy()
+        return resample_labels(labels, model_affine, scan.info.shape, scan.info.affine)
+    return probabilities_to_labels_on_device(logits, model_affine, scan.info.shape, scan.info.affine)
+
+
+def _segment_on_host(scan: Scan, segmenter: Segmenter) -> np.ndarray:
+    model_input = preprocess_scan(scan.image, scan.info.affine, segmenter.settings)
+    model_affine = _affine_of(model_input)
+    logits = _to_host(segmenter.logits(model_input.as_tensor()[None])[0])  # a no-op on the CPU
+    del model_input
+    return _back_to_scan_on_host(logits, model_affine, scan, segmenter.settings)
+
+
+def _back_to_scan_on_host(logits: torch.Tensor, model_affine, scan: Scan, settings: Settings) -> np.ndarray:
+    labels = torch.argmax(logits, dim=0).to(torch.uint8).numpy()
+    probabilities = class_probabilities(logits) if settings.inference.resample == "probabilities" else None
+    del logits
+    return resample_labels(labels, model_affine, scan.info.shape, scan.info.affine, probabilities)
+
+
 def class_probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax over the class axis of (C, X, Y, Z) scores as float16, a slab at a time (no full-size fp32
+    """Softmax over the class axis of (C, X, Y, Z) host scores as float16, a slab at a time (no full-size fp32
     temporary besides the scores themselves)."""
     probabilities = np.empty(tuple(logits.shape), dtype=np.float16)
     for start in range(0, logits.shape[1], SLAB):
@@ -48,20 +127,18 @@ def class_probabilities(logits: torch.Tensor) -> np.ndarray:
     return probabilities
 
 
-def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
-    """Segment one scan file and return the label map on the scan's own grid (shape and affine)."""
-    from unetr_cli.volumes import load_volume, read_info
+def _affine_of(model_input) -> np.ndarray:
+    return model_input.affine.detach().cpu().numpy().astype(np.float64)
 
-    nifti, _ = read_info(path)
-    image, info = load_volume(path)
-    model_input = preprocess_scan(image, info.affine, segmenter.settings)
-    model_affine = model_input.affine.numpy().astype(np.float64)
-    logits = segmenter.logits(model_input.as_tensor()[None])[0]
-    del model_input
-    labels = torch.argmax(logits, dim=0).to(torch.uint8).numpy()
-    probabilities = None
-    if segmenter.settings.inference.resample == "probabilities":
-        probabilities = class_probabilities(logits)
-    del logits
-    native = resample_labels(labels, model_affine, info.shape, info.affine, probabilities)
-    return ScanPrediction(native, image, nifti, Path(path))
+
+# The two places where a scan crosses between host and GPU memory.
+
+
+def _to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The decoded voxels, in their stored dtype, copied to `device` once."""
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device)
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A result back in host memory: the uint8 label map on the GPU path, the scores on the host path."""
+    return tensor.cpu()

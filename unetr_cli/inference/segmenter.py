@@ -61,10 +61,10 @@ class Segmenter:
                 torch.cuda.empty_cache()
                 if self.sw_batch_size > 1:
                     self.sw_batch_size //= 2
-                    self._note(f"GPU out of memory: retrying with --sw-batch-size {self.sw_batch_size}")
+                    self.note(f"GPU out of memory: retrying with --sw-batch-size {self.sw_batch_size}")
                 elif not self.aggregate_on_cpu:
                     self.aggregate_on_cpu = True
-                    self._note("GPU out of memory: aggregating windows in CPU memory")
+                    self.note("GPU out of memory: aggregating windows in CPU memory")
                 else:
                     raise
 
@@ -91,7 +91,8 @@ class Segmenter:
         # Aggregation runs in fp32 on contiguous buffers: hand it those (saves a strided copy per window).
         return self.model(windows).float().contiguous()
 
-    def _note(self, message: str) -> None:
+    def note(self, message: str) -> None:
+        """Remember a fallback to report once (the batch prints and clears the notes after each scan)."""
         if message not in self.notes:
             self.notes.append(message)
 

@@ -23,7 +23,7 @@ import torch
 from unetr_cli import distributed
 from unetr_cli.checkpoint import LoadedWeights
 from unetr_cli.console import Reporter
-from unetr_cli.devices import autocast, autocast_dtype, grad_scaler, resolve_device
+from unetr_cli.devices import autocast, autocast_dtype, grad_scaler, rank_device, resolve_device
 from unetr_cli.errors import Interrupted, TrainingError
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.labels import label_names
@@ -150,10 +150,8 @@ def _set_up(
     """Process group, run folder, data, model, optimiser and AMP scaler; the loop state of a resumed run."""
     from unetr_cli.data import read_datalist, shard, training_dataset, training_loader, validation_dataset
 
-    device = resolve_device(settings.inference.device)
+    device = rank_device(resolve_device(settings.inference.device))
     env = distributed.init(device, settings.runtime.dist_timeout_s)
-    if env.is_distributed and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
     if settings.runtime.seed is None:  # still reproducible on resume: the drawn seed is saved with the run
         seed = int(distributed.broadcast_object(random.SystemRandom().randrange(2**31)))
         settings = settings.model_copy(update={"runtime": settings.runtime.model_copy(update={"seed": seed})})

@@ -11,47 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from unetr_cli import distributed
 from unetr_cli.checkpoint import LoadedWeights, read_weights
 from unetr_cli.console import Reporter
+from unetr_cli.distributed import Launch
 from unetr_cli.errors import UsageError
 from unetr_cli.files import write_text
 from unetr_cli.settings import Settings, SettingsSources, input_space, resolve_settings
 from unetr_cli.training.engine import Finetuning, RunOptions, fit
 from unetr_cli.training.rundir import LATEST, RunDir, resolve_run_dir
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How many processes to start through torchrun, and where (nothing to start when all are unset)."""
-
-    nproc_per_node: int | None = None
-    distributed: bool = False
-    nnodes: str | None = None
-    node_rank: int | None = None
-    rdzv_endpoint: str | None = None
-    max_restarts: int | None = None
-
-    def processes(self, device: str) -> int | None:
-        """Processes to start on this node for a run on `device` (auto, cpu, cuda, cuda:N); None for none.
-
-        One process per GPU: asking for more processes than visible GPUs is an error, unless the run is on
-        the CPU (`--device cpu`), where torchrun starts that many gloo processes.
-        """
-        gpus = torch.cuda.device_count()
-        if self.distributed and self.nproc_per_node is None:
-            if not gpus:
-                raise UsageError("--distributed: no GPU is visible; use --nproc-per-node N for CPU processes")
-            return gpus
-        on_gpus = device.startswith("cuda") or (device == "auto" and gpus > 0)
-        if self.nproc_per_node and on_gpus and self.nproc_per_node > gpus:
-            raise UsageError(
-                f"--nproc-per-node {self.nproc_per_node}: only {gpus} GPU(s) are visible (one process per "
-                "GPU); lower it, or pass --device cpu for CPU processes"
-            )
-        return self.nproc_per_node
 
 
 @dataclass(frozen=True)
@@ -134,15 +102,7 @@ def start_training(
     del weights  # each worker reads the weights itself; the launcher only waits
     with tempfile.TemporaryDirectory(prefix="unetr-job-") as folder:
         job_file = write_text(Path(folder) / "job.json", job.to_json())
-        distributed.launch(
-            "unetr_cli.training.worker",
-            [str(job_file)],
-            processes,
-            launch.nnodes or "1",
-            launch.node_rank or 0,
-            launch.rdzv_endpoint,
-            launch.max_restarts or 0,
-        )
+        launch.start("unetr_cli.training.worker", [str(job_file)], processes, job="training")
 
 
 def run_job(job: TrainingJob, weights: LoadedWeights | None = None) -> None:
