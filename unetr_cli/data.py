@@ -1,9 +1,9 @@
-"""The BTCV datalist, checks of every case before training, MONAI transforms, datasets and loaders."""
+"""The BTCV datalist, checks of every case before training, and the MONAI transforms (deterministic
+preprocessing and training augmentation); `training/pipeline.py` builds the training datasets from them."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,79 +186,3 @@ def augmentation(settings: Settings) -> list:
         T.RandScaleIntensityd(keys="image", factors=0.1, prob=data.rand_scale_intensity_prob),
         T.RandShiftIntensityd(keys="image", offsets=0.1, prob=data.rand_shift_intensity_prob),
     ]
-
-
-# --- datasets and loaders ---------------------------------------------------------------------------------
-
-
-def training_dataset(cases: list[dict], settings: Settings):
-    """A CacheDataset: preprocessing runs once per volume, augmentation every time a volume is drawn."""
-    from monai import transforms as T
-    from monai.data import CacheDataset
-
-    return CacheDataset(
-        data=cases,
-        transform=T.Compose(preprocessing(settings) + augmentation(settings)),
-        cache_rate=settings.data.cache_rate,
-        num_workers=_cache_threads(settings),
-        progress=False,
-        copy_cache=False,  # the first random step crops, so cached volumes are never modified
-    )
-
-
-def validation_dataset(cases: list[dict], settings: Settings):
-    """Preprocessed validation volumes, cached (each rank caches only the cases it scores)."""
-    from monai import transforms as T
-    from monai.data import CacheDataset
-
-    return CacheDataset(
-        data=cases,
-        transform=T.Compose(preprocessing(settings)),
-        cache_rate=settings.data.cache_rate,
-        num_workers=_cache_threads(settings),
-        progress=False,
-    )
-
-
-def _cache_threads(settings: Settings) -> int:
-    return settings.data.workers or os.cpu_count() or 1
-
-
-def loader_workers(settings: Settings, on_gpu: bool) -> int:
-    """Data loader processes: as set, else 4 with a GPU and 0 on CPU, where worker processes slowed a
-    2-core training step from 8.5 s to 14-22 s by competing with the compute threads
-    (benchmarks/bench_train.py); the augmentation itself takes ~30 ms per step."""
-    if settings.data.workers is not None:
-        return settings.data.workers
-    return min(4, os.cpu_count() or 1) if on_gpu else 0
-
-
-def training_loader(dataset, settings: Settings, rank: int, world_size: int, pin_memory: bool):
-    """Shuffled batches; the sampler is torch's DistributedSampler (one replica outside torchrun), so
-    `set_epoch` makes the order a function of (seed, epoch) and a resumed run sees the same batches."""
-    from monai.data import DataLoader, list_data_collate
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=True,
-        seed=settings.runtime.seed or 0,
-        drop_last=False,
-    )
-    workers = loader_workers(settings, on_gpu=pin_memory)
-    return DataLoader(
-        dataset,
-        batch_size=settings.optimisation.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=list_data_collate,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
-
-
-def shard(cases: list, rank: int, world_size: int) -> list:
-    """This rank's share of `cases`: every case exactly once over all ranks, no padding."""
-    return cases[rank::world_size]

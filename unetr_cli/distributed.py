@@ -83,6 +83,11 @@ def _attempt_store(env: DistEnv, timeout: datetime.timedelta):
     return dist.PrefixStore(f"unetr/attempt-{restart_count()}", store)
 
 
+def backend() -> str | None:
+    """The process group's backend (nccl or gloo), None outside torchrun."""
+    return dist.get_backend() if dist.is_initialized() else None
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -79,6 +79,12 @@ class DataSettings(_Group):
         description="data loader processes; default 4 with a GPU, 0 on CPU (workers compete with the "
         "compute threads there, measured)",
     )
+    pipeline: Literal["auto", "device", "host", "workers"] = Field(
+        "auto",
+        description="training data path: device (cached on the GPU, augmented there), host (cached in "
+        "host memory, crops augmented on the GPU), workers (loader processes, all on the CPU); auto: device "
+        "if the cache fits in half the free GPU memory, else host; workers on a CPU",
+    )
     num_samples: int = Field(4, ge=1, description="random crops per volume and step")
     crop_sampler: Literal["pos_neg", "class_balanced"] = Field(
         "pos_neg", description="pos_neg: the reference's 1:1 crops; class_balanced: every organ equally often"

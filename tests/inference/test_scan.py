@@ -9,7 +9,6 @@ import torch
 
 from tests.conftest import write_scan
 from unetr_cli.inference import Segmenter, predict_scan
-from unetr_cli.inference.resample import resample_labels
 from unetr_cli.metrics import organ_dice
 from unetr_cli.phantoms import make_phantom
 from unetr_cli.settings import SettingsSources, resolve_settings
@@ -85,29 +84,6 @@ def test_anisotropic_spacing_keeps_the_organs_in_place(tmp_path, segmenter):
     assert _bright_agreement(prediction, phantom.image) > 0.8
 
 
-def test_resample_labels_identity_flip_and_upsampling():
-    labels = np.random.default_rng(0).integers(0, 5, (12, 10, 8)).astype(np.uint8)
-    grid = np.diag([1.5, 1.5, 2.0, 1.0])
-    assert np.array_equal(resample_labels(labels, grid, labels.shape, grid), labels)
-    flipped = grid.copy()
-    flipped[0, 0], flipped[0, 3] = -1.5, 1.5 * 11
-    assert np.array_equal(resample_labels(labels, grid, labels.shape, flipped), labels[::-1])
-    fine = np.diag([0.75, 0.75, 1.0, 1.0])
-    upsampled = resample_labels(labels, grid, (24, 20, 16), fine)
-    assert np.array_equal(upsampled[::2, ::2, ::2], labels)
-
-
-def test_resample_labels_keeps_boundaries_between_voxel_centres():
-    """A sphere resampled to a finer grid keeps its volume within a few percent (no staircase growth)."""
-    coarse = np.zeros((30, 30, 30), np.uint8)
-    x, y, z = np.meshgrid(*(np.arange(30),) * 3, indexing="ij")
-    coarse[(x - 14.5) ** 2 + (y - 14.5) ** 2 + (z - 14.5) ** 2 < 10**2] = 3
-    fine = resample_labels(coarse, np.diag([2.0, 2.0, 2.0, 1.0]), (60, 60, 60), np.diag([1.0, 1.0, 1.0, 1.0]))
-    coarse_ml, fine_ml = (coarse == 3).sum() * 8, (fine == 3).sum()
-    assert abs(fine_ml - coarse_ml) / coarse_ml < 0.05
-    assert set(np.unique(fine)) == {0, 3}
-
-
 def test_output_keeps_qform_and_sform_codes(tmp_path, segmenter):
     from unetr_cli.volumes import save_nifti
 
@@ -123,54 +99,6 @@ def test_output_keeps_qform_and_sform_codes(tmp_path, segmenter):
     written = nib.load(out)
     assert written.header["qform_code"] == 1 and written.header["sform_code"] == 4
     assert np.allclose(written.affine, phantom.affine)
-
-
-def test_axis_by_axis_path_equals_the_general_path():
-    from unetr_cli.inference.resample import _positions, _VotingGrid
-
-    rng = np.random.default_rng(1)
-    labels = (rng.random((14, 11, 9)) * 4).astype(np.uint8)
-    source = np.diag([1.5, 1.5, 2.0, 1.0])
-    target = np.array([[0.0, -0.9, 0.0, 14.0], [0.7, 0.0, 0.0, -2.0], [0.0, 0.0, 1.3, 0.5], [0, 0, 0, 1.0]])
-    shape = (20, 26, 17)
-    mapping = np.linalg.inv(source) @ target
-    general = _VotingGrid(labels).sample_positions(_positions(mapping, shape, 0, shape[2]))
-    assert np.array_equal(resample_labels(labels, source, shape, target), general)
-
-
-@pytest.mark.parametrize("oblique", [False, True])
-def test_probability_resampling_equals_full_trilinear_interpolation(oblique):
-    """Only disagreeing neighbourhoods are interpolated, yet the result is the classical one everywhere."""
-    from scipy.ndimage import map_coordinates
-
-    rng = np.random.default_rng(2)
-    logits = rng.normal(size=(4, 10, 9, 8)) * 3
-    logits[1, 2:7, 2:7, 2:6] += 6  # an organ, so most neighbourhoods agree
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
-    labels = probabilities.argmax(axis=0).astype(np.uint8)
-    source = np.diag([2.0, 2.0, 3.0, 1.0])
-    target = np.diag([0.7, -0.9, 1.1, 1.0])
-    target[1, 3] = 16.0
-    if oblique:
-        angle = np.radians(9)
-        target[:3, :3] = (
-            np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-            @ target[:3, :3]
-        )
-    shape = (24, 20, 22)
-    result = resample_labels(labels, source, shape, target, probabilities=probabilities)
-
-    padded = np.pad(probabilities, ((0, 0), (1, 1), (1, 1), (1, 1)))
-    padded[0][np.pad(np.zeros(labels.shape, bool), 1, constant_values=True)] = 1.0
-    mapping = np.linalg.inv(source) @ target
-    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1) @ mapping[:3, :3].T
-    positions = (grid + mapping[:3, 3] + 1.0).reshape(-1, 3).T
-    inside = np.all((positions >= 0) & (positions <= np.array(padded.shape[1:])[:, None] - 1), axis=0)
-    interpolated = np.stack(
-        [map_coordinates(channel, positions, order=1, mode="nearest") for channel in padded]
-    )
-    expected = np.where(inside, interpolated.argmax(axis=0), 0).reshape(shape)
-    assert np.array_equal(result, expected)
 
 
 class LeftRightRamp(torch.nn.Module):
@@ -191,3 +119,17 @@ def test_tta_averages_the_eight_flips(tta):
     labels = Segmenter(LeftRightRamp(), settings, torch.device("cpu")).labels(torch.rand(1, 1, 32, 32, 32))
     share = float((labels == 1).float().mean())
     assert share == (0.0 if tta else 0.5), share
+
+
+@pytest.mark.parametrize(("orientation", "oblique"), [("LPS", 0.0), ("LAS", 14.0)])
+def test_device_path_on_cpu_tensors_equals_the_host_path(tmp_path, segmenter, orientation, oblique):
+    """The GPU path (preprocessing, windows and resampling on the scan's device) run on CPU tensors, so CI
+    checks its logic: the label map is the host path's."""
+    from unetr_cli.inference.scan import _segment_on_device, _segment_on_host, read_scan
+
+    phantom = make_phantom(8, (96, 80, 36), orientation=orientation, oblique_degrees=oblique)
+    scan = read_scan(write_scan(tmp_path / "scan.nii.gz", phantom.image, phantom.affine))
+    on_device, on_host = _segment_on_device(scan, segmenter), _segment_on_host(scan, segmenter)
+    assert on_device.shape == phantom.image.shape and on_device.dtype == np.uint8
+    assert (on_device == on_host).mean() > 0.9999
+    assert (on_device == 1).mean() > 0.01

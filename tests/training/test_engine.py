@@ -25,11 +25,12 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_training_raises_validation_dice(tiny_dataset, tmp_path):
-    from unetr_cli.data import read_datalist, validation_dataset
+    from unetr_cli.data import read_datalist
     from unetr_cli.inference import Segmenter
     from unetr_cli.model import build_model
     from unetr_cli.settings import SettingsSources, resolve_settings
     from unetr_cli.training.engine import validate
+    from unetr_cli.training.pipeline import validation_dataset
 
     settings = resolve_settings(
         SettingsSources(preset="tiny-cpu"), {"data.data_dir": tiny_dataset, "runtime.seed": 0}
@@ -120,8 +121,10 @@ def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_equals_a_straight_run(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("pipeline", ["workers", "device"])
+def test_resume_equals_a_straight_run(tiny_dataset, tmp_path, pipeline):
     common = [*TINY, "--data-dir", str(tiny_dataset), "--max-epochs", "4", "--val-every", "2", "-q"]
+    common += ["-s", f"data.pipeline={pipeline}"]
     straight = invoke("train", *common, "--logdir", str(tmp_path / "straight"))
     assert straight.exit_code == 0, straight.output
     first = invoke("train", *common, "--logdir", str(tmp_path / "split"), "--stop-after", "2")
@@ -136,6 +139,31 @@ def test_resume_equals_a_straight_run(tiny_dataset, tmp_path):
     straight_log = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     split_log = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["loss"] for x in straight_log] == [json.loads(x)["loss"] for x in split_log]
+
+
+def test_every_data_pipeline_trains_the_same_weights_on_cpu(tiny_dataset, tmp_path):
+    """The pipelines differ in where volumes are cached and augmented, not in what the model sees."""
+    weights = {}
+    for pipeline in ("workers", "device", "host"):
+        run = tmp_path / pipeline
+        args = (
+            "--data-dir",
+            tiny_dataset,
+            "--logdir",
+            run,
+            "--max-epochs",
+            "2",
+            "--val-every",
+            "2",
+            "--json",
+        )
+        result = invoke("train", *TINY, *args, "-s", f"data.pipeline={pipeline}")
+        assert result.exit_code == 0, result.output
+        start = next(json.loads(x) for x in result.stdout.splitlines() if '"event": "start"' in x)
+        assert ("loader process" in start["data"]) == (pipeline == "workers"), start["data"]
+        weights[pipeline] = _weights(run / "checkpoint_final.pt")
+    for pipeline in ("device", "host"):
+        assert all(torch.equal(weights["workers"][k], v) for k, v in weights[pipeline].items()), pipeline
 
 
 def test_resume_with_other_model_settings_is_refused(tiny_dataset, tmp_path):

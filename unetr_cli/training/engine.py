@@ -148,7 +148,8 @@ def _set_up(
     settings: Settings, run: RunDir, reporter: Reporter, options: RunOptions, finetuning: Finetuning | None
 ) -> _Training:
     """Process group, run folder, data, model, optimiser and AMP scaler; the loop state of a resumed run."""
-    from unetr_cli.data import read_datalist, shard, training_dataset, training_loader, validation_dataset
+    from unetr_cli.data import read_datalist
+    from unetr_cli.training.pipeline import training_data
 
     device = rank_device(resolve_device(settings.inference.device))
     env = distributed.init(device, settings.runtime.dist_timeout_s)
@@ -188,8 +189,7 @@ def _set_up(
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    train_set = training_dataset(datalist.training, settings)
-    val_cases = shard(datalist.validation, env.rank, env.world_size)
+    data = training_data(settings, datalist, env, device, reporter)
     training = _Training(
         settings=settings,
         run=run,
@@ -204,11 +204,9 @@ def _set_up(
         scaler=scaler,
         loss_fn=_loss(settings),
         base_lr=opt.lr * (env.world_size if opt.scale_lr else 1),
-        train_set=train_set,
-        loader=training_loader(
-            train_set, settings, env.rank, env.world_size, pin_memory=device.type == "cuda"
-        ),
-        val_set=validation_dataset(val_cases, settings) if datalist.validation else None,
+        train_set=data.train_set,
+        loader=data.loader,
+        val_set=data.val_set,
         state=state,
         writer=tensorboard(run.path / TB_DIR) if distributed.is_main() else None,
     )
@@ -222,6 +220,8 @@ def _set_up(
         amp_dtype=amp_dtype,
         lr=training.base_lr,
         start_epoch=state.epoch,
+        data=data.pipeline.reason,
+        backend=distributed.backend(),
     )
     return training
 

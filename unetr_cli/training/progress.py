@@ -70,6 +70,8 @@ def announce(
     amp_dtype: torch.dtype | None,
     lr: float,
     start_epoch: int,
+    data: str,
+    backend: str | None,
 ) -> None:
     """What the run is about to do: data, processes, precision, effective batch, learning rate."""
     opt = settings.optimisation
@@ -86,6 +88,7 @@ def announce(
         f"({opt.batch_size} volume(s) x {settings.data.num_samples} crops x {world_size} process(es)), "
         f"lr {lr:g}{scaled} ({opt.lrschedule}), epochs {start_epoch}..{opt.max_epochs}"
     )
+    reporter.info(f"data: {data}")
     reporter.event(
         "start",
         train_volumes=volumes[0],
@@ -97,6 +100,8 @@ def announce(
         effective_batch=crops * world_size,
         lr=lr,
         start_epoch=start_epoch,
+        data=data,
+        backend=backend,
     )
 
 
