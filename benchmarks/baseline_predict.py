@@ -2,9 +2,11 @@
 
 MONAI transforms as in the reference validation pipeline, `sliding_window_inference` (overlap 0.5, sw_batch 4,
 constant blending, fp32), softmax, then back to the original grid by inverting the transforms on the
-14-channel output (`Invertd`), argmax, save. This is what `unetr predict` is measured against.
+14-channel output (`Invertd`), argmax, save. This is what `unetr predict` is measured against. With
+`--device cuda` the windows run on the GPU and the inversion on the CPU, the way MONAI's tutorials do it; the
+peak GPU memory is printed as a JSON line.
 
-    python benchmarks/baseline_predict.py SCAN -o OUT --checkpoint CKPT
+    python benchmarks/baseline_predict.py SCAN -o OUT --checkpoint CKPT [--device cuda]
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="a unetr checkpoint (architecture inside)"
     )
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+
+    import json
 
     import nibabel as nib
     import torch
@@ -35,7 +40,8 @@ def main() -> None:
 
     weights = read_weights(args.checkpoint)
     settings = Settings.from_dict(weights.settings)
-    model = model_with_weights(settings.model, weights.state_dict)
+    device = torch.device(args.device)
+    model = model_with_weights(settings.model, weights.state_dict).to(device)
     data = settings.data
     pre = T.Compose(
         [
@@ -52,8 +58,10 @@ def main() -> None:
     sample = pre({"image": str(args.scan)})
     roi = (settings.model.img_size,) * 3
     with torch.no_grad():
-        logits = sliding_window_inference(sample["image"][None], roi, 4, model, overlap=0.5, mode="constant")
-    sample["pred"] = torch.softmax(logits, dim=1)[0]
+        logits = sliding_window_inference(
+            sample["image"][None].to(device), roi, 4, model, overlap=0.5, mode="constant"
+        )
+    sample["pred"] = torch.softmax(logits, dim=1)[0].cpu()
     post = T.Compose(
         [
             T.Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
@@ -63,6 +71,8 @@ def main() -> None:
     labels = post(sample)["pred"][0].numpy().astype("uint8")
     source = nib.load(str(args.scan))
     nib.save(nib.Nifti1Image(labels, source.affine, source.header), str(args.output))
+    if device.type == "cuda":
+        print(json.dumps({"peak_gpu_memory_bytes": torch.cuda.max_memory_reserved(device)}))
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ def benchmark_scan(slices: int = 200, seed: int = 1) -> Path:
     return path
 
 
-def standard_checkpoint() -> Path:
-    """The standard BTCV architecture with random weights (seed 0), as a unetr checkpoint (cached)."""
-    path = DATA / "standard_random.pt"
+def standard_checkpoint(preset: str = "btcv") -> Path:
+    """The preset's architecture (the standard BTCV one by default) with random weights (seed 0), as a unetr
+    checkpoint (cached)."""
+    path = DATA / ("standard_random.pt" if preset == "btcv" else f"{preset}_random.pt")
     if not path.exists():
         import torch
 
@@ -57,7 +58,7 @@ def standard_checkpoint() -> Path:
         from unetr_cli.model import build_model
         from unetr_cli.settings import SettingsSources, resolve_settings
 
-        settings = resolve_settings(SettingsSources(preset="btcv"))
+        settings = resolve_settings(SettingsSources(preset=preset))
         torch.manual_seed(0)
         atomic_save(
             {

@@ -63,7 +63,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_dataset, tmp_path_factory) -> Path:
-    """A tiny-cpu run trained for 10 epochs on the tiny dataset (read-only for tests)."""
+    """A tiny-cpu run trained on the CPU for 10 epochs on the tiny dataset (read-only for tests)."""
     run = tmp_path_factory.mktemp("trained") / "run"
     result = invoke(
         "train",
@@ -79,6 +79,8 @@ def trained_run(tiny_dataset, tmp_path_factory) -> Path:
         "10",
         "--val-every",
         "5",
+        "--device",
+        "cpu",
         "-q",
     )
     assert result.exit_code == 0, result.output

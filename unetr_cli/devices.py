@@ -54,6 +54,14 @@ def autocast_dtype(device: torch.device, enabled: bool, preference: str = "auto"
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
+def exact_fp32(device: torch.device, dtype: torch.dtype | None) -> None:
+    """Without autocast, fp32 means fp32: CUDA's TF32 shortcut for convolutions (on by default in PyTorch,
+    ~1e-3 relative error) is turned off, so `--no-amp` results match the CPU's."""
+    if device.type == "cuda" and dtype is None:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """`torch.autocast` for `dtype`, or a no-op context when it is None."""
     if dtype is None:
@@ -69,3 +77,10 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
 def precision_name(dtype: torch.dtype | None) -> str:
     """How a run's precision is shown to the user."""
     return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}.get(dtype, "fp32")
+
+
+def peak_gpu_memory_bytes() -> int | None:
+    """The most GPU memory this process's allocator has held (what a card must have), None without CUDA."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return max(torch.cuda.max_memory_reserved(i) for i in range(torch.cuda.device_count()))

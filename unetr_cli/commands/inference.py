@@ -120,12 +120,20 @@ def predict(
 
 
 def _summarise_batch(result, reporter: Reporter) -> None:
+    from unetr_cli.devices import peak_gpu_memory_bytes
+
+    peak = peak_gpu_memory_bytes()
+    gpu = f"; peak GPU memory {peak / 2**30:.2f} GB" if peak else ""
     reporter.result(
         f"{len(result.written)} written, {len(result.skipped)} skipped (existing), "
-        f"{len(result.failed)} failed"
+        f"{len(result.failed)} failed{gpu}"
     )
     reporter.event(
-        "summary", written=len(result.written), skipped=len(result.skipped), failed=len(result.failed)
+        "summary",
+        written=len(result.written),
+        skipped=len(result.skipped),
+        failed=len(result.failed),
+        peak_gpu_memory_bytes=peak,
     )
     if result.failed:
         for source, problem in result.failed.items():

@@ -31,6 +31,7 @@ def synth(
     validation_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Share of cases in the 'validation' list.")
     ] = 0.2,
+    workers: Annotated[int, typer.Option(min=1, help="Processes generating phantoms side by side.")] = 1,
     overwrite: opt.Overwrite = False,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -41,6 +42,7 @@ def synth(
     Examples:
       unetr synth data/phantoms --cases 4 --seed 0
       unetr synth data/small --cases 12 --shape 128 128 64 --folds 5
+      unetr synth data/full --cases 30 --workers 8
     """
     from unetr_cli.phantoms import write_dataset
 
@@ -57,6 +59,7 @@ def synth(
             shape=shape,
             validation_fraction=validation_fraction,
             folds=folds,
+            workers=workers,
             progress=(lambda i: bar.update(task, completed=i)) if bar else None,
         )
     _print_dataset_table(path, reporter)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from unetr_cli.devices import autocast, autocast_dtype
+from unetr_cli.devices import autocast, autocast_dtype, exact_fp32
 from unetr_cli.model import for_inference
 from unetr_cli.settings import Settings
 
@@ -18,6 +18,7 @@ class Segmenter:
         self.settings = settings
         self.device = device
         self.dtype = autocast_dtype(device, inference.amp)
+        exact_fp32(device, self.dtype)
         # Defaults from benchmarks/bench_options.py: one window at a time and channels_last_3d with bf16 are
         # fastest on CPU; GPUs want batches.
         self.sw_batch_size = inference.sw_batch_size or (4 if device.type == "cuda" else 1)

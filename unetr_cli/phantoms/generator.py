@@ -10,8 +10,10 @@ storage order. HU values follow a portal-venous contrast phase; noise and partia
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,13 +187,15 @@ def write_dataset(
     folds: int | None = None,
     orientations: tuple[str, ...] = DATASET_ORIENTATIONS,
     progress=None,
+    workers: int = 1,
 ) -> Path:
     """Write `cases` phantoms as imagesTr/imgNNNN.nii.gz, labelsTr/labelNNNN.nii.gz and dataset_0.json.
 
     The last `validation_fraction` of the cases (at least one when there are two or more) form the
     "validation" list. With `folds`, every "training" entry also carries a `fold` field (0..folds-1) for
     cross-validation with `--fold`. Storage orders cycle through `orientations`. `progress` is called after
-    each case with the case number.
+    each case with the number of cases done. `workers` processes generate cases side by side (each case
+    depends only on its seed, so the dataset is the same).
 
     Returns:
         The path of the written datalist.
@@ -200,16 +204,23 @@ def write_dataset(
     if cases < 1:
         raise ValueError("cases must be at least 1")
     n_val = 0 if cases < 2 else max(1, int(round(cases * validation_fraction)))
+    jobs = [
+        (
+            out_dir,
+            index,
+            seed * 100_003 + index,
+            shape,
+            spacing,
+            orientations[(index - 1) % len(orientations)],
+        )
+        for index in range(1, cases + 1)
+    ]
     entries = []
-    for index in range(1, cases + 1):
-        orientation = orientations[(index - 1) % len(orientations)]
-        phantom = make_phantom(seed * 100_003 + index, shape=shape, spacing=spacing, orientation=orientation)
-        entry = {"image": f"imagesTr/img{index:04d}.nii.gz", "label": f"labelsTr/label{index:04d}.nii.gz"}
-        save_nifti(phantom.image, phantom.affine, out_dir / entry["image"])
-        save_nifti(phantom.label, phantom.affine, out_dir / entry["label"])
-        entries.append(entry)
-        if progress is not None:
-            progress(index)
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for entry in (pool.map if pool else map)(_write_case, jobs):
+            entries.append(entry)
+            if progress is not None:
+                progress(len(entries))
     training, validation = entries[: cases - n_val], entries[cases - n_val :]
     if folds:
         for position, entry in enumerate(training):
@@ -227,3 +238,13 @@ def write_dataset(
         "validation": validation,
     }
     return write_text(out_dir / "dataset_0.json", json.dumps(datalist, indent=2) + "\n")
+
+
+def _write_case(job) -> dict:
+    """Generate and save one case of `write_dataset`; returns its datalist entry."""
+    out_dir, index, case_seed, shape, spacing, orientation = job
+    phantom = make_phantom(case_seed, shape=shape, spacing=spacing, orientation=orientation)
+    entry = {"image": f"imagesTr/img{index:04d}.nii.gz", "label": f"labelsTr/label{index:04d}.nii.gz"}
+    save_nifti(phantom.image, phantom.affine, out_dir / entry["image"])
+    save_nifti(phantom.label, phantom.affine, out_dir / entry["label"])
+    return entry

@@ -23,7 +23,15 @@ import torch
 from unetr_cli import distributed
 from unetr_cli.checkpoint import LoadedWeights
 from unetr_cli.console import Reporter
-from unetr_cli.devices import autocast, autocast_dtype, grad_scaler, rank_device, resolve_device
+from unetr_cli.devices import (
+    autocast,
+    autocast_dtype,
+    exact_fp32,
+    grad_scaler,
+    peak_gpu_memory_bytes,
+    rank_device,
+    resolve_device,
+)
 from unetr_cli.errors import Interrupted, TrainingError
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.labels import label_names
@@ -124,7 +132,7 @@ def fit(
             Bars(reporter, max_epochs, first_epoch, len(training.loader)) as bars,
         ):
             for epoch in range(first_epoch, max_epochs):
-                record = _train_one_epoch(training, epoch, bars, stop)
+                record = _train_one_epoch(training, epoch, bars, stop, started)
                 last_epoch = _last_epoch_of_run(epoch, max_epochs, first_epoch, training.options, started)
                 if training.val_set is not None and (
                     (epoch + 1) % training.settings.optimisation.val_every == 0 or last_epoch
@@ -177,6 +185,7 @@ def _set_up(
     model.to(device)
     opt = settings.optimisation
     amp_dtype = autocast_dtype(device, opt.amp, opt.amp_dtype)
+    exact_fp32(device, amp_dtype)
     scaler = grad_scaler(device, amp_dtype)
     optimizer = _optimizer(model, settings)
     state = LoopState()
@@ -254,8 +263,9 @@ def _loss(settings: Settings):
 # --- one epoch --------------------------------------------------------------------------------------------
 
 
-def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequest) -> dict:
-    """Every step of `epoch`; returns the epoch's record for the metrics log."""
+def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequest, started: float) -> dict:
+    """Every step of `epoch`; returns the epoch's record for the metrics log (`elapsed_s`: seconds since this
+    invocation started training, validations included)."""
     state, opt, device = training.state, training.settings.optimisation, training.device
     distributed.maybe_inject_fault(epoch + 1)
     _reseed(training.settings.runtime.seed, epoch, training.env.rank, training.train_set)
@@ -300,6 +310,7 @@ def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequ
         "loss": epoch_loss,
         "lr": lr,
         "seconds": round(time.monotonic() - epoch_start, 3),
+        "elapsed_s": round(time.monotonic() - started, 3),
     }
 
 
@@ -406,6 +417,7 @@ def _finish(training: _Training, last_dice: float) -> FitResult:
         last_dice=last_dice,
         world_size=training.env.world_size,
         ranks_in_sync=in_sync,
+        peak_gpu_memory_bytes=peak_gpu_memory_bytes(),
     )
     distributed.shutdown()
     if not in_sync:

@@ -1,0 +1,180 @@
+"""`unetr predict` on a GPU against the reference-style GPU pipeline, on the same 512 x 512 x 200 CT.
+
+Measured in one run, on the standard UNETR with random weights (the same file for both pipelines):
+- the reference-style pipeline (`baseline_predict.py --device cuda`: MONAI transforms on the CPU, windows on
+  the GPU, Invertd of the 14-channel output on the CPU), wall time including start-up;
+- `unetr predict` (defaults, `--device cuda`) as a single invocation, start-up included;
+- `unetr predict` on a batch of the same scan under N names: seconds per scan in the steady state (the mean
+  interval between consecutive scans finishing);
+- peak GPU memory (the allocator's reserve) and peak host RSS of each;
+- label agreement of the GPU path with the CPU path at identical settings (fp32, constant blending), and at
+  the defaults, with the trained `unetr demo` model (labels from random weights are ill-defined).
+
+    python benchmarks/bench_gpu_predict.py [--batch 10]
+    python benchmarks/bench_gpu_predict.py --device cpu --batch 2 --slices 24    # tries the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from common import (
+    DATA,
+    ROOT,
+    benchmark_scan,
+    mean_dice,
+    run_measured,
+    standard_checkpoint,
+    trained_checkpoint,
+    write_result,
+)
+
+UNETR = [sys.executable, "-m", "unetr_cli", "predict"]
+GIB = 2**30
+
+
+def events(stdout: str, kind: str) -> list[dict]:
+    return [json.loads(x) for x in stdout.splitlines() if x.startswith("{") and f'"event": "{kind}"' in x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_gpu_predict.py needs a CUDA GPU")
+    scan, standard = benchmark_scan(args.slices), standard_checkpoint()
+    batch = DATA / "gpu_batch"
+    shutil.rmtree(batch, ignore_errors=True)
+    batch.mkdir()
+    for index in range(args.batch):
+        os.link(scan, batch / f"scan{index:02d}.nii.gz")
+    out = DATA / "gpu_out"
+
+    unetr_batch = run_measured(
+        [
+            *UNETR,
+            str(batch),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(standard),
+            "--device",
+            args.device,
+            "--overwrite",
+            "--json",
+        ]
+    )
+    done = [e["time"] for e in events(unetr_batch["stdout"], "predicted")]
+    per_scan = (done[-1] - done[0]) / (len(done) - 1)
+    batch_peak = events(unetr_batch["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0
+    print(
+        f"unetr predict, batch of {len(done)}: {per_scan:.2f} s per scan, "
+        f"{unetr_batch['seconds']:.1f} s wall",
+        flush=True,
+    )
+
+    single = run_measured(
+        [
+            *UNETR,
+            str(scan),
+            "-o",
+            str(DATA / "gpu_single.nii.gz"),
+            "--checkpoint",
+            str(standard),
+            "--device",
+            args.device,
+            "--overwrite",
+            "--json",
+        ]
+    )
+    single_peak = events(single["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0
+    print(
+        f"unetr predict, one scan: {single['seconds']:.1f} s wall, peak GPU {single_peak / GIB:.2f} GB",
+        flush=True,
+    )
+
+    baseline = run_measured(
+        [
+            sys.executable,
+            str(ROOT / "baseline_predict.py"),
+            str(scan),
+            "-o",
+            str(DATA / "gpu_baseline.nii.gz"),
+            "--checkpoint",
+            str(standard),
+            "--device",
+            args.device,
+        ]
+    )
+    baseline_peak = (
+        json.loads((baseline["stdout"].strip().splitlines() or ["{}"])[-1]).get("peak_gpu_memory_bytes") or 0
+    )
+    print(
+        f"reference-style GPU pipeline: {baseline['seconds']:.1f} s wall, "
+        f"peak GPU {baseline_peak / GIB:.2f} GB",
+        flush=True,
+    )
+
+    trained = trained_checkpoint()
+    agreement = {}
+    for name, flags in (("fp32_constant", ["--no-amp", "--mode", "constant"]), ("defaults", [])):
+        outputs = {}
+        for device in (args.device, "cpu"):
+            outputs[device] = DATA / f"agree_{name}_{device}.nii.gz"
+            run_measured(
+                [
+                    *UNETR,
+                    str(scan),
+                    "-o",
+                    str(outputs[device]),
+                    "--checkpoint",
+                    str(trained),
+                    "--device",
+                    device,
+                    "--overwrite",
+                    "-q",
+                    *flags,
+                ]
+            )
+        agreement[name] = mean_dice(outputs[args.device], outputs["cpu"])
+        print(f"labels GPU path vs CPU path ({name}): mean organ Dice {agreement[name]:.4f}", flush=True)
+
+    result = {
+        "device": args.device,
+        "scan": f"512x512x{args.slices} int16 CT, 0.8x0.8x2.5 mm, LPS; standard UNETR, random weights",
+        "batch_size": len(done),
+        "unetr_seconds_per_scan_in_batch": per_scan,
+        "unetr_batch_wall_seconds": unetr_batch["seconds"],
+        "unetr_single_wall_seconds": single["seconds"],
+        "baseline_wall_seconds": baseline["seconds"],
+        "ratio_single_to_baseline": single["seconds"] / baseline["seconds"],
+        "ratio_per_scan_to_baseline": per_scan / baseline["seconds"],
+        "peak_gpu_memory_gb": {
+            "unetr_single": single_peak / GIB,
+            "unetr_batch": batch_peak / GIB,
+            "baseline": baseline_peak / GIB,
+        },
+        "peak_rss_gb": {
+            "unetr_single": single["peak_rss_mb"] / 1024,
+            "unetr_batch": unetr_batch["peak_rss_mb"] / 1024,
+            "baseline": baseline["peak_rss_mb"] / 1024,
+        },
+        "agreement_mean_organ_dice_gpu_vs_cpu": agreement,
+    }
+    print(f"wrote {write_result('gpu_predict', result)}")
+
+
+if __name__ == "__main__":
+    main()

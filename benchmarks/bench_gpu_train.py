@@ -1,0 +1,173 @@
+"""`unetr train` on a GPU: seconds per step against the model's pure step and a reference-style loop.
+
+Measured in one run on the same phantoms (256 x 256 x 100, standard config: 4 crops of 96^3 per step):
+- the pure step: forward + backward + AdamW on random tensors already on the GPU (bf16 autocast; fp16 with
+  GradScaler too, the reference's precision);
+- `unetr train` (defaults: bf16, the data pipeline `auto` picks): median seconds per step over the epochs
+  after the first, crops per second, peak GPU memory and host RSS;
+- the reference-style loop (`baseline_train.py`: CPU transforms, a DataLoader with 4 worker processes, fp16 +
+  GradScaler): the same numbers;
+- time to a validation mean Dice of 0.75 with the `demo` preset, from the `unetr demo` run of
+  `common.trained_checkpoint()` (wall seconds since its training started, validation included).
+
+    python benchmarks/bench_gpu_train.py [--epochs 8]
+    python benchmarks/bench_gpu_train.py --device cpu --preset tiny-cpu --epochs 2   # tries the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from common import DATA, ROOT, median, run_measured, standard_checkpoint, trained_checkpoint, write_result
+
+GIB = 2**30
+
+
+def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int = 10) -> float:
+    """fwd + bwd + AdamW of the preset's UNETR on 4 random crops already on the device."""
+    import torch
+
+    from unetr_cli.model import build_model
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.engine import _loss, _optimizer
+
+    settings = resolve_settings(SettingsSources(preset=preset))
+    device = torch.device(device_name)
+    size = settings.model.img_size
+    model = build_model(settings.model).to(device).train()
+    optimizer, loss_fn = _optimizer(model, settings), _loss(settings)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    image = torch.rand(4, 1, size, size, size, device=device)
+    label = torch.randint(0, 14, (4, 1, size, size, size), device=device).float()
+    times = []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for step in range(steps + 3):
+        sync()
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype):
+            logits = model(image)
+        loss = loss_fn(logits.float(), label)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sync()
+        if step >= 3:  # the first steps allocate and pick kernels
+            times.append(time.perf_counter() - started)
+    return median(times)
+
+
+def time_to_dice(metrics: list[dict], target: float) -> float | None:
+    return next((r["elapsed_s"] for r in metrics if (r.get("mean_dice") or 0) >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--preset", default="btcv")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_gpu_train.py needs a CUDA GPU")
+    data = DATA / "gpu_train_phantoms"
+    if not (data / "dataset_0.json").exists():
+        from unetr_cli.phantoms import write_dataset
+
+        write_dataset(data, cases=6, seed=5, shape=(256, 256, 100), validation_fraction=0.17, workers=6)
+    dtypes = ("bf16", "fp16") if args.device == "cuda" else ("bf16",)
+    pure = {name: pure_step_seconds(name, args.device, args.preset) for name in dtypes}
+    print(f"pure step: {', '.join(f'{k} {v:.3f} s' for k, v in pure.items())}", flush=True)
+
+    command = [
+        sys.executable,
+        "-m",
+        "unetr_cli",
+        "train",
+        "--data-dir",
+        str(data),
+        "--logdir",
+        str(DATA / "gpu_train_run"),
+    ]
+    command += [
+        "--overwrite",
+        "--max-epochs",
+        str(args.epochs),
+        "--val-every",
+        "1000",
+        "--json",
+        "--seed",
+        "0",
+    ]
+    command += ["--no-save-checkpoint", "--device", args.device, "--preset", args.preset]
+    unetr = run_measured(command)
+    lines = [json.loads(x) for x in unetr["stdout"].splitlines() if x.startswith("{")]
+    start = next(e for e in lines if e["event"] == "start")
+    epochs = [e for e in lines if e["event"] == "epoch"]
+    finish = next(e for e in lines if e["event"] == "finish")
+    steps = start["steps_per_epoch"]
+    unetr_step = median([e["seconds"] / steps for e in epochs[1:]])
+    crops = start["effective_batch"]  # crops per step
+    print(
+        f"unetr train: {unetr_step:.3f} s/step ({start['data']}); "
+        f"{unetr_step / pure['bf16']:.2f}x the pure step",
+        flush=True,
+    )
+
+    baseline = run_measured(
+        [
+            sys.executable,
+            str(ROOT / "baseline_train.py"),
+            str(data),
+            "--checkpoint",
+            str(standard_checkpoint(args.preset)),
+            "--epochs",
+            str(args.epochs),
+            "--device",
+            args.device,
+        ]
+    )
+    records = [json.loads(x) for x in baseline["stdout"].splitlines() if x.startswith("{")]
+    baseline_step = median([r["seconds"] / r["steps"] for r in records if "epoch" in r][1:])
+    baseline_peak = records[-1]["peak_gpu_memory_bytes"]
+    print(f"reference-style loop: {baseline_step:.3f} s/step", flush=True)
+
+    demo_metrics = DATA / "demo" / "run" / "metrics.jsonl"
+    trained_checkpoint()  # runs `unetr demo` unless it ran already
+    metrics = [json.loads(x) for x in demo_metrics.read_text().splitlines() if x.strip()]
+    to_075 = time_to_dice(metrics, 0.75)
+    print(f"demo preset: validation mean Dice 0.75 after {to_075} s", flush=True)
+
+    result = {
+        "device": args.device,
+        "preset": args.preset,
+        "data": "6 phantoms of 256x256x100 (5 training, 1 validation), standard config, 4 crops of 96^3/step",
+        "pure_seconds_per_step": pure,
+        "unetr_seconds_per_step": unetr_step,
+        "unetr_ratio_to_pure_bf16": unetr_step / pure["bf16"],
+        "unetr_crops_per_second": crops / unetr_step,
+        "unetr_pipeline": start["data"],
+        "unetr_peak_gpu_memory_gb": (finish.get("peak_gpu_memory_bytes") or 0) / GIB,
+        "unetr_peak_rss_gb": unetr["peak_rss_mb"] / 1024,
+        "baseline_seconds_per_step": baseline_step,
+        "baseline_crops_per_second": 4 / baseline_step,
+        "baseline_peak_gpu_memory_gb": baseline_peak / GIB,
+        "baseline_peak_rss_gb": baseline["peak_rss_mb"] / 1024,
+        "crops_per_second_ratio": (crops / unetr_step) / (4 / baseline_step),
+        "demo_seconds_to_dice_0_75": to_075,
+        "demo_metrics": metrics,
+        "unetr_epochs": epochs,
+    }
+    print(f"wrote {write_result('gpu_train', result)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU check, in one go (about 7 minutes on one H100/H200): the `gpu`-marked tests, the rest of the suite
+# (CPU tests, side by side with them), then the GPU benchmarks, and a summary table.
+#
+#   bash benchmarks/gpu_check.sh [RESULTS_DIR]      # from the project root, on a machine with a CUDA GPU
+#
+# Logs and JUnit files go to RESULTS_DIR (default benchmarks/.data/gpu_check), benchmark numbers to
+# benchmarks/results/gpu_*.json. PYTHON picks the interpreter (default python3). Each part has its own time
+# limit (GPU_TESTS_S, CPU_SUITE_S, PREDICT_BENCH_S, TRAIN_BENCH_S seconds), so one part that hangs does not
+# cost the others.
+set -u
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks/.data/gpu_check}
+py=${PYTHON:-python3}
+mkdir -p "$out" benchmarks/.data
+began=$(date +%s)
+stamp() { echo "[gpu_check $(( $(date +%s) - began )) s] $*"; }
+
+stamp "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+$py -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
+
+# The CPU side of the suite, on a share of the cores, while the GPU tests run.
+OMP_NUM_THREADS=6 timeout ${CPU_SUITE_S:-420} $py -m pytest -ra --durations=15 -q -m "not gpu" -p no:cacheprovider --basetemp=/tmp/unetr-cpu-tests \
+  --junitxml="$out/cpu_suite.xml" > "$out/cpu_suite.log" 2>&1 &
+cpu_suite=$!
+
+stamp "gpu tests"
+OMP_NUM_THREADS=8 timeout ${GPU_TESTS_S:-300} $py -m pytest -m gpu -q -rA -s --durations=25 -p no:cacheprovider --basetemp=/tmp/unetr-gpu-tests \
+  --junitxml="$out/gpu_tests.xml" > "$out/gpu_tests.log" 2>&1
+stamp "gpu tests exit $?"; tail -5 "$out/gpu_tests.log"
+# The demo the GPU tests trained is the trained model the benchmarks use.
+if [[ -f /tmp/unetr-gpu-tests/test_demo_on_cuda0/demo/run/checkpoint_latest.pt && ! -e benchmarks/.data/demo ]]; then
+  ln -s /tmp/unetr-gpu-tests/test_demo_on_cuda0/demo benchmarks/.data/demo
+fi
+
+wait $cpu_suite
+stamp "cpu suite exit $?"; tail -3 "$out/cpu_suite.log"
+
+stamp "predict benchmark"
+timeout ${PREDICT_BENCH_S:-300} $py benchmarks/bench_gpu_predict.py > "$out/bench_gpu_predict.log" 2>&1
+stamp "predict benchmark exit $?"; tail -8 "$out/bench_gpu_predict.log"
+cp benchmarks/results/gpu_*.json "$out/" 2>/dev/null
+
+stamp "train benchmark"
+timeout ${TRAIN_BENCH_S:-240} $py benchmarks/bench_gpu_train.py > "$out/bench_gpu_train.log" 2>&1
+stamp "train benchmark exit $?"; tail -8 "$out/bench_gpu_train.log"
+cp benchmarks/results/gpu_*.json "$out/" 2>/dev/null
+
+$py benchmarks/gpu_summary.py "$out"
+stamp "done"
