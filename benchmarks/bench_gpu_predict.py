@@ -60,120 +60,80 @@ def main() -> None:
     batch.mkdir()
     for index in range(args.batch):
         os.link(scan, batch / f"scan{index:02d}.nii.gz")
-    out = DATA / "gpu_out"
 
-    unetr_batch = run_measured(
-        [
-            *UNETR,
-            str(batch),
-            "-o",
-            str(out),
-            "--checkpoint",
-            str(standard),
-            "--device",
-            args.device,
-            "--overwrite",
-            "--json",
-        ]
-    )
-    done = [e["time"] for e in events(unetr_batch["stdout"], "predicted")]
-    per_scan = (done[-1] - done[0]) / (len(done) - 1)
-    batch_peak = events(unetr_batch["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0
-    print(
-        f"unetr predict, batch of {len(done)}: {per_scan:.2f} s per scan, "
-        f"{unetr_batch['seconds']:.1f} s wall",
-        flush=True,
-    )
-
-    single = run_measured(
-        [
-            *UNETR,
-            str(scan),
-            "-o",
-            str(DATA / "gpu_single.nii.gz"),
-            "--checkpoint",
-            str(standard),
-            "--device",
-            args.device,
-            "--overwrite",
-            "--json",
-        ]
-    )
-    single_peak = events(single["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0
-    print(
-        f"unetr predict, one scan: {single['seconds']:.1f} s wall, peak GPU {single_peak / GIB:.2f} GB",
-        flush=True,
-    )
-
-    baseline = run_measured(
-        [
-            sys.executable,
-            str(ROOT / "baseline_predict.py"),
-            str(scan),
-            "-o",
-            str(DATA / "gpu_baseline.nii.gz"),
-            "--checkpoint",
-            str(standard),
-            "--device",
-            args.device,
-        ]
-    )
-    baseline_peak = (
-        json.loads((baseline["stdout"].strip().splitlines() or ["{}"])[-1]).get("peak_gpu_memory_bytes") or 0
-    )
-    print(
-        f"reference-style GPU pipeline: {baseline['seconds']:.1f} s wall, "
-        f"peak GPU {baseline_peak / GIB:.2f} GB",
-        flush=True,
-    )
-
-    trained = trained_checkpoint()
-    agreement = {}
-    for name, flags in (("fp32_constant", ["--no-amp", "--mode", "constant"]), ("defaults", [])):
-        outputs = {}
-        for device in (args.device, "cpu"):
-            outputs[device] = DATA / f"agree_{name}_{device}.nii.gz"
-            run_measured(
-                [
-                    *UNETR,
-                    str(scan),
-                    "-o",
-                    str(outputs[device]),
-                    "--checkpoint",
-                    str(trained),
-                    "--device",
-                    device,
-                    "--overwrite",
-                    "-q",
-                    *flags,
-                ]
-            )
-        agreement[name] = mean_dice(outputs[args.device], outputs["cpu"])
-        print(f"labels GPU path vs CPU path ({name}): mean organ Dice {agreement[name]:.4f}", flush=True)
-
-    result = {
+    result: dict = {
         "device": args.device,
         "scan": f"512x512x{args.slices} int16 CT, 0.8x0.8x2.5 mm, LPS; standard UNETR, random weights",
-        "batch_size": len(done),
-        "unetr_seconds_per_scan_in_batch": per_scan,
-        "unetr_batch_wall_seconds": unetr_batch["seconds"],
-        "unetr_single_wall_seconds": single["seconds"],
-        "baseline_wall_seconds": baseline["seconds"],
-        "ratio_single_to_baseline": single["seconds"] / baseline["seconds"],
-        "ratio_per_scan_to_baseline": per_scan / baseline["seconds"],
-        "peak_gpu_memory_gb": {
-            "unetr_single": single_peak / GIB,
-            "unetr_batch": batch_peak / GIB,
-            "baseline": baseline_peak / GIB,
-        },
-        "peak_rss_gb": {
-            "unetr_single": single["peak_rss_mb"] / 1024,
-            "unetr_batch": unetr_batch["peak_rss_mb"] / 1024,
-            "baseline": baseline["peak_rss_mb"] / 1024,
-        },
-        "agreement_mean_organ_dice_gpu_vs_cpu": agreement,
     }
-    print(f"wrote {write_result('gpu_predict', result)}")
+
+    def unetr(inputs, output, checkpoint, device, *flags) -> dict:
+        command = [
+            *UNETR,
+            str(inputs),
+            "-o",
+            str(output),
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            device,
+        ]
+        return run_measured([*command, "--overwrite", "--json", *flags])
+
+    def peak(run: dict) -> float:
+        return (events(run["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0) / GIB
+
+    batch_run = unetr(batch, DATA / "gpu_out", standard, args.device)
+    done = [e["time"] for e in events(batch_run["stdout"], "predicted")]
+    result.update(
+        batch_size=len(done),
+        unetr_seconds_per_scan_in_batch=(done[-1] - done[0]) / (len(done) - 1),
+        unetr_batch_wall_seconds=batch_run["seconds"],
+        peak_gpu_memory_gb={"unetr_batch": peak(batch_run)},
+        peak_rss_gb={"unetr_batch": batch_run["peak_rss_mb"] / 1024},
+    )
+    write_result("gpu_predict", result)  # after every stage: a run cut short keeps what it measured
+    print(
+        f"unetr predict, batch of {len(done)}: {result['unetr_seconds_per_scan_in_batch']:.2f} s/scan",
+        flush=True,
+    )
+
+    single = unetr(scan, DATA / "gpu_single.nii.gz", standard, args.device)
+    result["unetr_single_wall_seconds"] = single["seconds"]
+    result["peak_gpu_memory_gb"]["unetr_single"] = peak(single)
+    result["peak_rss_gb"]["unetr_single"] = single["peak_rss_mb"] / 1024
+    write_result("gpu_predict", result)
+    print(f"unetr predict, one scan: {single['seconds']:.1f} s wall, {peak(single):.2f} GB GPU", flush=True)
+
+    reference = [
+        sys.executable,
+        str(ROOT / "baseline_predict.py"),
+        str(scan),
+        "-o",
+        str(DATA / "gpu_baseline.nii.gz"),
+    ]
+    baseline = run_measured([*reference, "--checkpoint", str(standard), "--device", args.device])
+    baseline_peak = json.loads((baseline["stdout"].strip().splitlines() or ["{}"])[-1]).get(
+        "peak_gpu_memory_bytes"
+    )
+    result.update(
+        baseline_wall_seconds=baseline["seconds"],
+        ratio_single_to_baseline=single["seconds"] / baseline["seconds"],
+        ratio_per_scan_to_baseline=result["unetr_seconds_per_scan_in_batch"] / baseline["seconds"],
+    )
+    result["peak_gpu_memory_gb"]["baseline"] = (baseline_peak or 0) / GIB
+    result["peak_rss_gb"]["baseline"] = baseline["peak_rss_mb"] / 1024
+    write_result("gpu_predict", result)
+    print(f"reference-style GPU pipeline: {baseline['seconds']:.1f} s wall", flush=True)
+
+    trained, agreement = trained_checkpoint(), {}
+    for name, flags in (("fp32_constant", ["--no-amp", "--mode", "constant"]), ("defaults", [])):
+        outputs = {device: DATA / f"agree_{name}_{device}.nii.gz" for device in (args.device, "cpu")}
+        for device, output in outputs.items():
+            unetr(scan, output, trained, device, *flags)
+        agreement[name] = mean_dice(outputs[args.device], outputs["cpu"])
+        result["agreement_mean_organ_dice_gpu_vs_cpu"] = agreement
+        write_result("gpu_predict", result)
+        print(f"labels GPU path vs CPU path ({name}): mean organ Dice {agreement[name]:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,20 @@ def main() -> None:
         f"{unetr_step / pure['bf16']:.2f}x the pure step",
         flush=True,
     )
+    result = {
+        "device": args.device,
+        "preset": args.preset,
+        "data": "6 phantoms of 256x256x100 (5 training, 1 validation), standard config, 4 crops of 96^3/step",
+        "pure_seconds_per_step": pure,
+        "unetr_seconds_per_step": unetr_step,
+        "unetr_ratio_to_pure_bf16": unetr_step / pure["bf16"],
+        "unetr_crops_per_second": crops / unetr_step,
+        "unetr_pipeline": start["data"],
+        "unetr_peak_gpu_memory_gb": (finish.get("peak_gpu_memory_bytes") or 0) / GIB,
+        "unetr_peak_rss_gb": unetr["peak_rss_mb"] / 1024,
+        "unetr_epochs": epochs,
+    }
+    write_result("gpu_train", result)  # after every stage: a run cut short keeps what it measured
 
     baseline = run_measured(
         [
@@ -146,26 +160,17 @@ def main() -> None:
     to_075 = time_to_dice(metrics, 0.75)
     print(f"demo preset: validation mean Dice 0.75 after {to_075} s", flush=True)
 
-    result = {
-        "device": args.device,
-        "preset": args.preset,
-        "data": "6 phantoms of 256x256x100 (5 training, 1 validation), standard config, 4 crops of 96^3/step",
-        "pure_seconds_per_step": pure,
-        "unetr_seconds_per_step": unetr_step,
-        "unetr_ratio_to_pure_bf16": unetr_step / pure["bf16"],
-        "unetr_crops_per_second": crops / unetr_step,
-        "unetr_pipeline": start["data"],
-        "unetr_peak_gpu_memory_gb": (finish.get("peak_gpu_memory_bytes") or 0) / GIB,
-        "unetr_peak_rss_gb": unetr["peak_rss_mb"] / 1024,
-        "baseline_seconds_per_step": baseline_step,
-        "baseline_crops_per_second": 4 / baseline_step,
-        "baseline_peak_gpu_memory_gb": baseline_peak / GIB,
-        "baseline_peak_rss_gb": baseline["peak_rss_mb"] / 1024,
-        "crops_per_second_ratio": (crops / unetr_step) / (4 / baseline_step),
-        "demo_seconds_to_dice_0_75": to_075,
-        "demo_metrics": metrics,
-        "unetr_epochs": epochs,
-    }
+    result.update(
+        {
+            "baseline_seconds_per_step": baseline_step,
+            "baseline_crops_per_second": 4 / baseline_step,
+            "baseline_peak_gpu_memory_gb": baseline_peak / GIB,
+            "baseline_peak_rss_gb": baseline["peak_rss_mb"] / 1024,
+            "crops_per_second_ratio": (crops / unetr_step) / (4 / baseline_step),
+            "demo_seconds_to_dice_0_75": to_075,
+            "demo_metrics": metrics,
+        }
+    )
     print(f"wrote {write_result('gpu_train', result)}")
 
 

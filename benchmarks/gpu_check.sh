@@ -20,12 +20,12 @@ stamp "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --form
 $py -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
 
 # The CPU side of the suite, on a share of the cores, while the GPU tests run.
-OMP_NUM_THREADS=6 timeout ${CPU_SUITE_S:-420} $py -m pytest -ra --durations=15 -q -m "not gpu" -p no:cacheprovider --basetemp=/tmp/unetr-cpu-tests \
+OMP_NUM_THREADS=6 timeout -s INT -k 20 ${CPU_SUITE_S:-420} $py -m pytest -ra --durations=15 -q -m "not gpu" -p no:cacheprovider --basetemp=/tmp/unetr-cpu-tests \
   --junitxml="$out/cpu_suite.xml" > "$out/cpu_suite.log" 2>&1 &
 cpu_suite=$!
 
 stamp "gpu tests"
-OMP_NUM_THREADS=8 timeout ${GPU_TESTS_S:-300} $py -m pytest -m gpu -q -rA -s --durations=25 -p no:cacheprovider --basetemp=/tmp/unetr-gpu-tests \
+OMP_NUM_THREADS=8 timeout -s INT -k 20 ${GPU_TESTS_S:-300} $py -m pytest -m gpu -v -rA -s --durations=25 -p no:cacheprovider --basetemp=/tmp/unetr-gpu-tests \
   --junitxml="$out/gpu_tests.xml" > "$out/gpu_tests.log" 2>&1
 stamp "gpu tests exit $?"; tail -5 "$out/gpu_tests.log"
 # The demo the GPU tests trained is the trained model the benchmarks use.
@@ -37,12 +37,12 @@ wait $cpu_suite
 stamp "cpu suite exit $?"; tail -3 "$out/cpu_suite.log"
 
 stamp "predict benchmark"
-timeout ${PREDICT_BENCH_S:-300} $py benchmarks/bench_gpu_predict.py > "$out/bench_gpu_predict.log" 2>&1
+timeout -k 10 ${PREDICT_BENCH_S:-300} $py benchmarks/bench_gpu_predict.py > "$out/bench_gpu_predict.log" 2>&1
 stamp "predict benchmark exit $?"; tail -8 "$out/bench_gpu_predict.log"
 cp benchmarks/results/gpu_*.json "$out/" 2>/dev/null
 
 stamp "train benchmark"
-timeout ${TRAIN_BENCH_S:-240} $py benchmarks/bench_gpu_train.py > "$out/bench_gpu_train.log" 2>&1
+timeout -k 10 ${TRAIN_BENCH_S:-240} $py benchmarks/bench_gpu_train.py > "$out/bench_gpu_train.log" 2>&1
 stamp "train benchmark exit $?"; tail -8 "$out/bench_gpu_train.log"
 cp benchmarks/results/gpu_*.json "$out/" 2>/dev/null
 
