@@ -99,8 +99,15 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks in place (identity in a single process)."""
-    if dist.is_initialized():
+    """Sum a tensor over all ranks in place (identity in a single process). NCCL reduces only GPU tensors: a
+    host tensor (per-organ Dice sums) makes the trip through this rank's GPU."""
+    if not dist.is_initialized():
+        return tensor
+    if tensor.device.type == "cpu" and dist.get_backend() == "nccl":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        tensor.copy_(on_gpu)
+    else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 

@@ -293,9 +293,9 @@ def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequ
         training.scaler.scale(loss).backward()
         training.scaler.step(training.optimizer)
         training.scaler.update()
-        losses.append(loss.item())
+        losses.append(loss.detach())  # no host sync per step: the GPU never waits for the loop
         state.step += 1
-        bars.step(f"loss {losses[-1]:.4f}  lr {lr:.2e}")
+        bars.step(lambda loss=loss, lr=lr: f"loss {loss.item():.4f}  lr {lr:.2e}")
         stop.check()
     epoch_loss = _mean_loss(losses, device)
     if not math.isfinite(epoch_loss):
@@ -325,9 +325,11 @@ def _reseed(seed: int, epoch: int, rank: int, dataset) -> None:
     set_rnd(dataset, epoch_seed)
 
 
-def _mean_loss(losses: list[float], device: torch.device) -> float:
-    """Mean training loss of the epoch over all ranks."""
-    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+def _mean_loss(losses: list[torch.Tensor], device: torch.device) -> float:
+    """Mean training loss of the epoch over all ranks (the one host sync of the epoch's losses)."""
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    if losses:
+        total[0], total[1] = torch.stack(losses).double().sum(), len(losses)
     distributed.all_reduce_sum(total)
     return float(total[0] / max(total[1], 1))
 

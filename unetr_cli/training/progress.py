@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,6 +13,8 @@ from unetr_cli.devices import precision_name
 from unetr_cli.settings import Settings
 from unetr_cli.training.state import LoopState
 
+STATUS_EVERY_S = 0.5
+
 
 class Bars:
     """The epochs and steps progress bars (nothing where the reporter shows no progress)."""
@@ -19,6 +23,7 @@ class Bars:
         self._context = reporter.progress()
         self._totals = (max_epochs, epochs_done, steps_per_epoch)
         self._progress = None
+        self._status_at = -float("inf")
 
     def __enter__(self) -> Bars:
         self._progress = self._context.__enter__()
@@ -37,9 +42,17 @@ class Bars:
         if self._progress is not None:
             self._progress.reset(self.steps, total=steps)
 
-    def step(self, status: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self.steps, advance=1, status=status)
+    def step(self, status: Callable[[], str]) -> None:
+        """Advance the steps bar; `status` (which reads the loss, a host sync) is refreshed at most twice a
+        second, so showing progress does not stall the GPU at every step."""
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S:
+            self._status_at = now
+            self._progress.update(self.steps, advance=1, status=status())
+        else:
+            self._progress.update(self.steps, advance=1)
 
     def end_epoch(self, epochs_done: int, status: str) -> None:
         if self._progress is not None:
