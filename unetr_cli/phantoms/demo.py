@@ -7,6 +7,7 @@ a preview. Fails loudly when training diverges or the model does not learn.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,8 @@ def run_demo(
     reporter.info(
         f"[bold]1/4[/] generating {cases} phantoms of {'x'.join(map(str, DEMO_SHAPE))} voxels", markup=True
     )
-    write_dataset(data, cases, seed=seed, shape=DEMO_SHAPE, validation_fraction=0.17)
+    workers = min(cases, os.cpu_count() or 1)  # each case depends only on its seed: the same data in parallel
+    write_dataset(data, cases, seed=seed, shape=DEMO_SHAPE, validation_fraction=0.17, workers=workers)
     scan = make_phantom(seed * 100_003 + 10_000, HELD_OUT_SHAPE, orientation="LPS")
     scan_path = save_nifti(scan.image, scan.affine, held_out / "scan.nii.gz")
     save_nifti(scan.label, scan.affine, held_out / "truth.nii.gz")
