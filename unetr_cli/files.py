@@ -43,6 +43,15 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def copy_file(source: str | Path, path: str | Path) -> Path:
+    """Copy `source` to `path` atomically."""
+    import shutil
+
+    with atomic_output(path) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(path)
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     return write_bytes(path, text.encode())

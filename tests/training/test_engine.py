@@ -123,11 +123,11 @@ def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["workers", "device"])
 def test_resume_equals_a_straight_run(tiny_dataset, tmp_path, pipeline):
-    common = [*TINY, "--data-dir", str(tiny_dataset), "--max-epochs", "4", "--val-every", "2", "-q"]
+    common = [*TINY, "--data-dir", str(tiny_dataset), "--max-epochs", "2", "--val-every", "1", "-q"]
     common += ["-s", f"data.pipeline={pipeline}"]
     straight = invoke("train", *common, "--logdir", str(tmp_path / "straight"))
     assert straight.exit_code == 0, straight.output
-    first = invoke("train", *common, "--logdir", str(tmp_path / "split"), "--stop-after", "2")
+    first = invoke("train", *common, "--logdir", str(tmp_path / "split"), "--stop-after", "1")
     assert first.exit_code == 0, first.output
     assert not (tmp_path / "split" / "checkpoint_final.pt").exists()
     second = invoke("train", *common, "--logdir", str(tmp_path / "split"), "--resume")
@@ -152,9 +152,7 @@ def test_every_data_pipeline_trains_the_same_weights_on_cpu(tiny_dataset, tmp_pa
             "--logdir",
             run,
             "--max-epochs",
-            "2",
-            "--val-every",
-            "2",
+            "1",
             "--json",
         )
         result = invoke("train", *TINY, *args, "-s", f"data.pipeline={pipeline}")

@@ -117,7 +117,7 @@ def test_max_restarts_resumes_from_checkpoint_latest(tiny_dataset, tmp_path):
         "--logdir",
         str(run),
         "--max-epochs",
-        "3",
+        "2",
         "--val-every",
         "1",
         "--nproc-per-node",
@@ -129,7 +129,7 @@ def test_max_restarts_resumes_from_checkpoint_latest(tiny_dataset, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["epoch"] for r in records] == [1, 2]
     assert (run / "checkpoint_final.pt").is_file()
 
 

@@ -33,6 +33,7 @@ from unetr_cli.devices import (
     resolve_device,
 )
 from unetr_cli.errors import Interrupted, TrainingError
+from unetr_cli.files import copy_file
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
@@ -103,16 +104,17 @@ class _Training:
     state: LoopState
     writer: object | None
 
-    def save(self, name: str, sync: bool = True) -> None:
-        save_training_state(
-            self.run.checkpoint(name),
-            self.model,
-            self.optimizer,
-            self.scaler,
-            self.state,
-            self.settings,
-            sync,
-        )
+    saved_step: int | None = None  # the step checkpoint_latest holds, once this invocation saved it
+
+    def save(self, *names: str, sync: bool = True) -> None:
+        """Save the training state once, as the first name, and copy that file to the others."""
+        first = self.run.checkpoint(names[0])
+        save_training_state(first, self.model, self.optimizer, self.scaler, self.state, self.settings, sync)
+        if distributed.is_main() and self.settings.runtime.save_checkpoint:
+            for name in names[1:]:
+                copy_file(first, self.run.checkpoint(name))
+        if LATEST in names:
+            self.saved_step = self.state.step
 
 
 def fit(
@@ -360,8 +362,9 @@ def _validate_and_checkpoint(training: _Training, record: dict) -> float:
     record["dice"] = {names[i + 1]: _round(d) for i, d in enumerate(per_organ)}
     if mean_dice > state.best_dice:
         state.best_dice, state.best_epoch = mean_dice, record["epoch"]
-        training.save(BEST)
-    training.save(LATEST)
+        training.save(BEST, LATEST)
+    else:
+        training.save(LATEST)
     report_validation(training.reporter, record, state)
     return mean_dice
 
@@ -406,11 +409,14 @@ def _save_interrupted(training: _Training, stopped: BaseException) -> None:
 def _finish(training: _Training, last_dice: float) -> FitResult:
     """Final checkpoints, a check that every rank holds the same weights, the closing report."""
     state, run = training.state, training.run
-    training.save(LATEST)
-    if state.epoch >= training.settings.optimisation.max_epochs:
-        training.save(FINAL)
+    settings = training.settings
+    if training.saved_step != state.step:  # else the last epoch's validation saved it already
+        training.save(LATEST)
+    finished = state.epoch >= settings.optimisation.max_epochs
+    if finished and distributed.is_main() and settings.runtime.save_checkpoint:
+        copy_file(run.checkpoint(LATEST), run.checkpoint(FINAL))
     in_sync = distributed.check_in_sync(training.model)
-    if distributed.is_main():
+    if distributed.is_main() and training.val_set is None:  # else the last validation drew it
         run.plot_progress()
     training.reporter.event(
         "finish",
