@@ -1,3 +1,7 @@
 """unetr: UNETR 3D CT multi-organ segmentation (BTCV) as one command-line tool."""
 
+import time
+
 __version__ = "0.1.0"
+
+STARTED_AT = time.monotonic()  # when unetr was first imported: start-up times are reported from here

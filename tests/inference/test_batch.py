@@ -31,9 +31,23 @@ def _predict(checkpoint: Path, *args):
 def test_single_scan_gets_label_map_and_sidecars(trained_run, scans, tmp_path):
     out = tmp_path / "seg.nii.gz"
     result = _predict(
-        trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "--stats", "--preview"
+        trained_run / "checkpoint_final.pt",
+        scans / "case0.nii.gz",
+        "-o",
+        out,
+        "--stats",
+        "--preview",
+        "--json",
     )
     assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    ready = next(e for e in events if e["event"] == "ready")
+    assert ready["device"] == "cpu" and 0 < ready["startup_s"] < 600
+    assert [e["event"] for e in events if e["event"] in ("ready", "predicted", "summary")] == [
+        "ready",
+        "predicted",
+        "summary",
+    ]
     source, written = nib.load(scans / "case0.nii.gz"), nib.load(out)
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)
     assert written.get_data_dtype() == np.uint8

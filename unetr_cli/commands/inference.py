@@ -115,8 +115,20 @@ def predict(
 
         model = model_with_weights(settings.model, weights.state_dict, weights.source)
         segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
+        _report_ready(reporter, segmenter)
         result = predict_batch(scans, targets, segmenter, options, reporter)
     _summarise_batch(result, reporter)
+
+
+def _report_ready(reporter: Reporter, segmenter) -> None:
+    """How long start-up took (imports, device, weights, model): the `ready` event of --json."""
+    import time
+
+    from unetr_cli import STARTED_AT
+
+    seconds = round(time.monotonic() - STARTED_AT, 3)
+    reporter.info(f"model ready on {segmenter.device} after {seconds:.1f} s")
+    reporter.event("ready", startup_s=seconds, device=str(segmenter.device))
 
 
 def _summarise_batch(result, reporter: Reporter) -> None:
