@@ -121,6 +121,8 @@ def read_weights(path: str | Path, trust_torchscript: bool = False) -> LoadedWei
     """Read model weights from any accepted format (see the module docstring)."""
     path = Path(path)
     kind = detect_format(path)
+    if kind in ("torch", "torchscript"):
+        _check_archive(path)
     if kind == "safetensors":
         weights = _read_safetensors(path)
     elif kind == "torchscript":
@@ -128,7 +130,28 @@ def read_weights(path: str | Path, trust_torchscript: bool = False) -> LoadedWei
     else:
         weights = _read_pickled(path)
     weights.source = str(path)
+    if weights.settings is not None and not isinstance(weights.settings, dict):
+        raise CheckpointError(f"{path}: its stored settings are not a table of settings groups")
     return weights
+
+
+def _check_archive(path: Path) -> None:
+    """Every member of a zip-based checkpoint against its stored CRC-32: torch.load does not check them, and a
+    few flipped bytes inside a weight would otherwise load silently (and predict garbage)."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy pickle: no checksums to check
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(
+            f"{path}: truncated or corrupted archive ({str(err).splitlines()[0]})"
+        ) from None
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path}: corrupted: {damaged} does not match its stored checksum (a damaged copy? download or "
+            "copy it again)"
+        )
 
 
 def _read_pickled(path: Path) -> LoadedWeights:
@@ -157,7 +180,7 @@ def _read_safetensors(path: Path) -> LoadedWeights:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors file ({str(err).splitlines()[0]})") from None
-    settings = json.loads(metadata["settings"]) if "settings" in metadata else None
+    settings = _json_metadata(metadata.get("settings"), path)
     return LoadedWeights(
         state, "safetensors", settings, {k: v for k, v in metadata.items() if k != "settings"}
     )
@@ -174,9 +197,19 @@ def _read_torchscript(path: Path, trust: bool) -> LoadedWeights:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: unreadable TorchScript file ({str(err).splitlines()[0]})") from None
-    settings = json.loads(extra_files["settings.json"]) if extra_files["settings.json"] else None
+    settings = _json_metadata(extra_files["settings.json"] or None, path)
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     return LoadedWeights(state, "torchscript", settings, {"module": module})
+
+
+def _json_metadata(text: str | bytes | None, path: Path) -> Any:
+    """Settings stored as JSON text inside a weights file, or None."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: its settings metadata is not valid JSON") from None
 
 
 def _umask() -> int:

@@ -55,6 +55,11 @@ def report_error(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         error_line("interrupted")
         return 130
+    if isinstance(err, OSError | MemoryError):  # a full disk, no permission, out of memory: named
+        from unetr_cli.errors import failure_message
+
+        error_line(failure_message(err, "unetr"))
+        return 1
     error_line(f"unexpected {type(err).__name__}: {err} (run `unetr --debug ...` for the traceback)")
     return 1
 

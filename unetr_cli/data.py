@@ -12,7 +12,7 @@ import numpy as np
 
 from unetr_cli.errors import DataError, InputError, UsageError
 from unetr_cli.settings import Settings
-from unetr_cli.volumes import load_volume, read_info
+from unetr_cli.volumes import check_resampled_size, load_volume, read_info
 
 # NIfTI's world frame: passing it explicitly keeps Orientationd's meaning fixed across MONAI versions.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -71,11 +71,14 @@ def _entry(path: Path, data_dir: Path, split: str, index: int, entry) -> dict:
     return resolved
 
 
-def check_cases(cases: list[dict], num_classes: int, progress: Callable[[int], None] | None = None) -> None:
+def check_cases(
+    cases: list[dict], num_classes: int, spacing, progress: Callable[[int], None] | None = None
+) -> None:
     """Check every case before any training starts, and report all problems at once.
 
     Checks: files exist (all missing ones are listed), each is a readable, finite 3D NIfTI, image and label
-    agree in shape and affine, and labels are integers in 0..num_classes-1.
+    agree in shape and affine, resampled to `spacing` the case fits in memory, and labels are integers in
+    0..num_classes-1.
     """
     missing = [p for case in cases for p in (case["image"], case["label"]) if not Path(p).exists()]
     if missing:
@@ -83,7 +86,7 @@ def check_cases(cases: list[dict], num_classes: int, progress: Callable[[int], N
     problems = []
     for done, case in enumerate(cases, start=1):
         try:
-            _check_case(case, num_classes)
+            _check_case(case, num_classes, spacing)
         except InputError as err:
             problems.append(str(err))
         if progress is not None:
@@ -92,7 +95,7 @@ def check_cases(cases: list[dict], num_classes: int, progress: Callable[[int], N
         raise DataError("\n".join(problems))
 
 
-def _check_case(case: dict, num_classes: int) -> None:
+def _check_case(case: dict, num_classes: int, spacing) -> None:
     _, image_info = read_info(case["image"])
     _, label_info = read_info(case["label"])
     if image_info.shape != label_info.shape:
@@ -101,6 +104,7 @@ def _check_case(case: dict, num_classes: int) -> None:
         )
     if not np.allclose(image_info.affine, label_info.affine, atol=1e-3, rtol=1e-4):
         raise InputError(case["label"], "affine differs from its image's (they must share one voxel grid)")
+    check_resampled_size(image_info, spacing, 2)  # the cached image and label
     load_volume(case["image"])
     label, _ = load_volume(case["label"], dtype=None)
     if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):

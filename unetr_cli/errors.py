@@ -73,10 +73,10 @@ class Interrupted(UnetrError):
         return (self.__class__, (str(self), self.signal_number))
 
 
-def failure_message(err: BaseException, path: str | Path) -> str | None:
+def failure_message(err: BaseException, path: str | Path) -> str:
     """What a batch reports for one case that failed with `err` while working on `path`: the project's own
-    errors as they are, and the failures of the machine (disk full, no permission, out of host or GPU memory,
-    a CUDA error) named in one line. None for anything else, which is a bug and must not be hidden."""
+    errors as they are, the failures of the machine (disk full, no permission, out of host or GPU memory, a
+    CUDA error) named in one line, anything else as one "unexpected" line (`--debug` shows its traceback)."""
     import errno
 
     if isinstance(err, UnetrError):
@@ -89,14 +89,15 @@ def failure_message(err: BaseException, path: str | Path) -> str | None:
             errno.EPERM: "permission denied",
             errno.EROFS: "read-only file system",
         }.get(err.errno, err.strerror or type(err).__name__)
-        return f"{path}: {reason}"
+        return f"{err.filename or path}: {reason}"
     if isinstance(err, MemoryError):
         return f"{path}: not enough memory"
     if type(err).__name__ == "OutOfMemoryError":  # torch's, for a GPU
         return f"{path}: out of GPU memory ({_first_line(err)})"
     if isinstance(err, RuntimeError) and "CUDA" in str(err):
         return f"{path}: {_first_line(err)}"
-    return None
+    hint = "run `unetr --debug ...` for the traceback"
+    return f"{path}: unexpected {type(err).__name__}: {_first_line(err)} ({hint})"
 
 
 def _first_line(err: BaseException) -> str:

@@ -22,15 +22,27 @@ def temporary_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write `path` to; on success it replaces `path`, on error it is deleted."""
+def atomic_output(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write `path` to; on success it becomes `path`, on error it is deleted.
+
+    With `overwrite=False` the file is only created, never replaced: if it appeared meanwhile (another process
+    wrote the same output), OutputExistsError, and the other process's file stays.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         yield tmp
         _fsync(tmp, os.O_RDONLY)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails where the name exists
+            except FileExistsError:
+                from unetr_cli.errors import OutputExistsError
+
+                raise OutputExistsError(path, "it was written meanwhile by another process; kept") from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -66,3 +78,39 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that unetr processes no longer running left in `folder` (a kill during a
+    write); those of live processes stay. Returns what was deleted."""
+    removed = []
+    for path in folder.glob(f"{TEMP_PREFIX}*") if folder.is_dir() else []:
+        pid = path.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def ensure_writable_folder(folder: Path, option: str) -> None:
+    """Create `folder` if needed and check it can be written, before any work (a UsageError naming it)."""
+    from unetr_cli.errors import UsageError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{option} {folder}: a file is in the way of this folder") from None
+    except OSError as err:
+        raise UsageError(f"{option} {folder}: cannot create the folder ({err.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: the folder is not writable")

@@ -113,7 +113,22 @@ def convert_state_dict(
     wrong_shape = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
     if missing or unexpected or wrong_shape:
         raise CheckpointError(_mismatch_message(state, target, missing, unexpected, wrong_shape))
+    _check_values(state, target)
     return {k: state[k].to(dtype=target[k].dtype) for k in target}
+
+
+def _check_values(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> None:
+    """Weights must be floating-point numbers, all finite: integer or boolean tensors would be cast silently
+    and NaN weights give an all-background prediction."""
+    floating = [k for k in target if target[k].dtype.is_floating_point]
+    not_float = [f"{k} ({state[k].dtype})" for k in floating if not state[k].dtype.is_floating_point]
+    if not_float:
+        raise CheckpointError(
+            f"{len(not_float)} weight(s) are not floating-point numbers: {', '.join(not_float[:3])}"
+        )
+    broken = [k for k in floating if not bool(torch.isfinite(state[k]).all())]
+    if broken:
+        raise CheckpointError(f"{len(broken)} weight(s) hold NaN or infinite values: {', '.join(broken[:3])}")
 
 
 def _mismatch_message(state, target, missing, unexpected, wrong_shape) -> str:

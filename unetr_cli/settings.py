@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are never a valid setting (a NaN HU window used to give an all-background map).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Group):
@@ -174,7 +176,11 @@ class Settings(BaseSettings):
     """Every setting of unetr, grouped as model / data / optimisation / inference / runtime."""
 
     model_config = SettingsConfigDict(
-        env_prefix="UNETR_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+        env_prefix="UNETR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
     model: ModelSettings = ModelSettings()
@@ -205,13 +211,25 @@ def _upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _short_repr() -> reprlib.Repr:
+    """A repr that stays short whatever the value (a YAML alias bomb expands to gigabytes in full)."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 60
+    short.maxlist = short.maxtuple = short.maxset = 6
+    short.maxdict, short.maxlevel = 4, 2
+    return short
+
+
+_SHORT = _short_repr()
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per bad field: `model.img_size = 40: must be a multiple of 16 ...`."""
     lines = []
     for item in err.errors():
         where = ".".join(str(part) for part in item["loc"]) or "settings"
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        shown = "" if isinstance(value, dict) else f" = {_SHORT.repr(value)}"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             shown, message = "", "unknown setting"
@@ -227,6 +245,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise SettingsError(f"{path}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not a settings file (not text)") from None
     try:
         if path.suffix.lower() in {".yaml", ".yml"}:
             import yaml
@@ -305,6 +325,9 @@ def resolve_settings(
         resolved = _Resolved(**overrides)
     except ValidationError as err:
         raise SettingsError(format_validation_error(err)) from None
+    except ValueError as err:  # pydantic-settings' own: a UNETR_GROUP variable that is not JSON
+        group = str(err).split('"')[1] if str(err).count('"') >= 2 else "?"
+        raise SettingsError(f"UNETR_{group.upper()}: not valid JSON for the {group} settings group") from None
     return Settings.from_dict(resolved.to_dict())
 
 

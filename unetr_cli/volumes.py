@@ -32,7 +32,7 @@ def is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_SUFFIXES)
 
 
-def _available_memory_bytes() -> int:
+def available_memory_bytes() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
@@ -68,7 +68,7 @@ def read_info(path: str | Path):
     if min(shape) < 1:
         raise InputError(path, f"has an empty axis (shape {shape})")
     need = int(np.prod(shape, dtype=np.float64)) * 4
-    if need > _available_memory_bytes():
+    if need > available_memory_bytes():
         raise InputError(
             path,
             f"header declares {shape} voxels ({need / 2**30:.1f} GiB as float32), more than the free memory",
@@ -140,7 +140,7 @@ def save_nifti(
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    with atomic_output(path) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         nib.save(img, str(tmp))
     return path
 
@@ -148,3 +148,19 @@ def save_nifti(
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def check_resampled_size(info: VolumeInfo, spacing, channels: int) -> None:
+    """Refuse a scan whose resampling to `spacing` (mm) could not fit in memory, before any work: a voxel size
+    of 600 mm in a header (or a model spacing of 0.05 mm) would otherwise ask for terabytes deep inside a
+    transform. `channels` float32 values per resampled voxel is what prediction holds (class scores)."""
+    extent = np.asarray(info.shape) * np.asarray(info.spacing) / np.asarray(spacing, dtype=np.float64)
+    voxels = float(np.prod(np.ceil(extent)))
+    need = voxels * 4 * channels
+    if need > available_memory_bytes():
+        raise InputError(
+            info.path,
+            f"resampled to {'x'.join(f'{s:g}' for s in spacing)} mm it would have {voxels:.3g} voxels "
+            f"({need / 2**30:.0f} GiB for {channels} values each, more than the free memory); check its "
+            f"voxel size ({'x'.join(f'{s:.3g}' for s in info.spacing)} mm) and the model's spacing",
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -99,25 +100,96 @@ def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "settings.json").write_text("{}")
+    (run / "checkpoint_latest.pt").write_bytes(b"an earlier run")
     result = invoke("train", *TINY, "--data-dir", tiny_dataset, "--logdir", run, "--max-epochs", "1", "-q")
     assert result.exit_code == 1
     assert "holds a run; pass --resume to continue it or --overwrite" in result.stderr
-    assert (run / "settings.json").read_text() == "{}"
-    again = invoke(
-        "train",
+    assert (run / "checkpoint_latest.pt").read_bytes() == b"an earlier run"
+    common = ("--logdir", run, "--max-epochs", "1", "-q", "--overwrite", "--val-every", "1")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    (broken / "labelsTr" / "label0002.nii.gz").unlink()
+    refused = invoke("train", *TINY, "--data-dir", broken, *common)
+    assert refused.exit_code == 1 and "label0002.nii.gz" in refused.stderr
+    assert (run / "checkpoint_latest.pt").read_bytes() == b"an earlier run"  # kept: the new run never started
+    again = invoke("train", *TINY, "--data-dir", tiny_dataset, *common)
+    assert again.exit_code == 0 and (run / "checkpoint_final.pt").exists()
+
+
+def test_a_failed_start_does_not_block_the_retry(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    bad = tmp_path / "bad.pth"
+    torch.save({"not": torch.zeros(3)}, bad)
+    failed = invoke("finetune", "--from", bad, *TINY, "--data-dir", tiny_dataset, "--logdir", run, "-q")
+    assert failed.exit_code == 1 and (run / "settings.json").exists()
+    retry = invoke("train", *TINY, "--data-dir", tiny_dataset, "--logdir", run, "--max-epochs", "1", "-q")
+    assert retry.exit_code == 0, retry.output
+    assert (run / "checkpoint_final.pt").exists()
+
+
+def test_a_run_folder_in_use_is_refused(tiny_dataset, tmp_path):
+    from unetr_cli.training.rundir import RunDir
+
+    run = tmp_path / "run"
+    held = RunDir(run).lock()
+    try:
+        result = invoke(
+            "train", *TINY, "--data-dir", tiny_dataset, "--logdir", run, "--max-epochs", "1", "-q"
+        )
+    finally:
+        held.close()
+    assert result.exit_code == 1 and "is in use by another unetr process" in result.stderr
+    assert not (run / "settings.json").exists()
+
+
+def test_resume_survives_a_torn_metrics_line_and_a_damaged_settings_file(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    common = (
         *TINY,
         "--data-dir",
         tiny_dataset,
         "--logdir",
         run,
         "--max-epochs",
-        "1",
-        "-q",
-        "--overwrite",
+        "2",
         "--val-every",
         "1",
+        "-q",
     )
-    assert again.exit_code == 0 and (run / "checkpoint_final.pt").exists()
+    assert invoke("train", *common, "--stop-after", "1").exit_code == 0
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"epoch": 2, "lo')  # a kill in the middle of a line
+    (run / "settings.json").write_text("{not json")
+    resumed = invoke("train", *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_save_still_leaves_a_resumable_run(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    from unetr_cli.training import engine
+
+    real_save, calls = engine.save_training_state, []
+
+    def interrupted_twice(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:  # the first checkpoint of the run: Ctrl-C, Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "save_training_state", interrupted_twice)
+    run = tmp_path / "run"
+    args = (*TINY, "--data-dir", tiny_dataset, "--logdir", run, "--max-epochs", "4", "--val-every", "1", "-q")
+    result = invoke("train", *args)
+    assert result.exit_code == 130 and "interrupted: saved" in result.stderr
+    assert (run / "checkpoint_best.pt").is_file()  # the save under way was finished, not torn
+    monkeypatch.setattr(engine, "save_training_state", real_save)
+    resumed = invoke("train", *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert safe_load(run / "checkpoint_final.pt")["epoch"] == 4
 
 
 @pytest.mark.slow

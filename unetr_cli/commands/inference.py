@@ -78,7 +78,7 @@ def predict(
     scans = expand_inputs(inputs)
     targets = plan_outputs(scans, output)
     options = PredictOptions(stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing)
-    check_outputs(targets, options)
+    check_outputs(scans, targets, options)
     weights = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
     ).read()

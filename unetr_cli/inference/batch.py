@@ -11,8 +11,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unetr_cli.console import Reporter
+from unetr_cli.console import Reporter, debugging
 from unetr_cli.errors import InputError, OutputExistsError, UsageError, failure_message
+from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
 from unetr_cli.inference.reports import (
     organ_statistics,
     output_stem,
@@ -49,7 +50,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
+            found += sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p) and not _not_a_scan(p))
         elif any(ch in item for ch in "*?[") and not path.exists():
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             if not matches:
@@ -61,6 +62,16 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not unique:
         raise UsageError("no input scans: name NIfTI files, a folder of them or a glob pattern")
     return unique
+
+
+def _not_a_scan(path: Path) -> bool:
+    """In a folder of scans: hidden files (temporary files among them) and unetr's own label maps (a
+    `<name>_seg.nii.gz` beside its `<name>_seg.json` sidecar), so `-o` may be the input folder."""
+    return (
+        path.name.startswith(".")
+        or output_stem(path).with_suffix(".json").is_file()
+        and (output_stem(path).name.endswith("_seg"))
+    )
 
 
 def plan_outputs(inputs: list[Path], output: Path) -> list[Path]:
@@ -79,8 +90,18 @@ def plan_outputs(inputs: list[Path], output: Path) -> list[Path]:
     return [output / name for name in names]
 
 
-def check_outputs(outputs: list[Path], options: PredictOptions) -> None:
-    """Refuse before any work when outputs exist and neither --overwrite nor --skip-existing was given."""
+def check_outputs(inputs: list[Path], outputs: list[Path], options: PredictOptions) -> None:
+    """Before any work: no output is an input (paths and inodes compared, links followed), outputs that exist
+    need --overwrite or --skip-existing, and every output folder can be created and written. Temporary files
+    that dead unetr processes left in them are removed."""
+    scans = {_identity(p): p for p in inputs if p.exists()}
+    for target in outputs:
+        source = scans.get(_identity(target)) if target.exists() else None
+        if source is not None or target.resolve() in {p.resolve() for p in inputs}:
+            raise UsageError(
+                f"-o {target}: is the input scan {source or target}; inputs are never overwritten, choose "
+                "another output"
+            )
     existing = [p for p in outputs if p.exists()]
     if existing and not (options.overwrite or options.skip_existing):
         raise OutputExistsError(
@@ -88,9 +109,26 @@ def check_outputs(outputs: list[Path], options: PredictOptions) -> None:
             f"{len(existing)} output(s) exist; pass --overwrite to replace "
             "them or --skip-existing to keep them",
         )
-    for path in outputs:
-        if not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in dict.fromkeys(p.parent for p in outputs):
+        ensure_writable_folder(folder, "-o")
+        remove_stale_temporaries(folder)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def is_complete(target: Path, options: PredictOptions) -> bool:
+    """A label map with every file that goes with it (written before it, so a map alone is a finished one
+    only if these exist too: an earlier run may have been asked for less)."""
+    stem = output_stem(target)
+    wanted = [target, stem.with_suffix(".json"), stem.with_suffix(".ctbl")]
+    if options.stats:
+        wanted += [stem.with_name(stem.name + "_stats.json"), stem.with_name(stem.name + "_stats.csv")]
+    if options.preview:
+        wanted.append(stem.with_name(stem.name + "_preview.png"))
+    return all(p.is_file() for p in wanted)
 
 
 def predict_batch(
@@ -105,7 +143,7 @@ def predict_batch(
     result = BatchResult()
     todo = []
     for source, target in zip(inputs, outputs, strict=True):
-        if target.exists() and options.skip_existing:
+        if options.skip_existing and is_complete(target, options):
             result.skipped.append(target)
         else:
             todo.append((source, target))
@@ -180,13 +218,17 @@ def _read(source: Path) -> Scan:
 
 
 def _write_outputs(scan: Scan, labels, target: Path, options: PredictOptions, classes: int) -> None:
+    """The sidecars first and the label map last: a label map on disk means its unit is complete. A new
+    output is created only if no other process made it meanwhile; an existing one is replaced only when the
+    user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing)."""
     affine = scan.nifti.affine
-    save_nifti(labels, affine, target, like=scan.nifti, overwrite=True)
+    replace = options.overwrite or target.exists()
     write_label_sidecars(target, classes, {"source": str(scan.path), **options.provenance})
     if options.stats:
         write_statistics(target, organ_statistics(labels, scan.image, affine, classes))
     if options.preview:
         write_preview(target, scan.image, labels, affine, classes, title=scan.path.name)
+    save_nifti(labels, affine, target, like=scan.nifti, overwrite=replace)
 
 
 def _finish_write(result: BatchResult, reporter: Reporter, source: Path, target: Path, started, done) -> None:
@@ -204,9 +246,9 @@ def _finish_write(result: BatchResult, reporter: Reporter, source: Path, target:
 def _record_failure(
     result: BatchResult, reporter: Reporter, source: Path, err: Exception, target: Path | None = None
 ) -> None:
-    message = failure_message(err, target or source)
-    if message is None:
+    if debugging():
         raise err
+    message = failure_message(err, target or source)
     result.failed[source] = message
     reporter.warn(f"skipped: {message}")
     reporter.event("failed", input=str(source), error=message)

@@ -20,7 +20,7 @@ import torch
 from unetr_cli.inference.resample import SLAB, probabilities_to_labels_on_device, resample_labels
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.settings import Settings
-from unetr_cli.volumes import VolumeInfo
+from unetr_cli.volumes import VolumeInfo, check_resampled_size
 
 
 @dataclass
@@ -64,6 +64,8 @@ def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
 def segment_scan(scan: Scan, segmenter: Segmenter) -> np.ndarray:
     """The uint8 label map of `scan` on its own grid: on the segmenter's GPU when it has one (falling back to
     the host path for this scan if the GPU runs out of memory), else on the CPU."""
+    settings = segmenter.settings
+    check_resampled_size(scan.info, settings.data.spacing, settings.model.out_channels + 2)
     if segmenter.device.type == "cuda":
         try:
             return _segment_on_device(scan, segmenter)

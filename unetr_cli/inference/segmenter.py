@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from unetr_cli.devices import autocast, autocast_dtype, exact_fp32
+from unetr_cli.errors import UnetrError
 from unetr_cli.model import for_inference
 from unetr_cli.settings import Settings
 
@@ -42,6 +43,11 @@ class Segmenter:
             out = self._sliding_window(view)
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total.add_(out)
+        if not bool(torch.isfinite(total).all()):  # never a background map made of NaN scores
+            raise UnetrError(
+                "the model's output holds NaN or infinite values: its weights or this input are broken "
+                "(with AMP, try --no-amp)"
+            )
         return total / len(flips) if len(flips) > 1 else total
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ augmentations are reseeded from (seed, epoch, rank) at every epoch, so a run res
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -50,7 +51,7 @@ from unetr_cli.training.progress import (
 from unetr_cli.training.rundir import BEST, FINAL, LATEST, TB_DIR, RunDir
 from unetr_cli.training.schedule import learning_rate, step_position
 from unetr_cli.training.state import LoopState, check_resumable, restore_training_state, save_training_state
-from unetr_cli.training.stopping import StopRequest, StopSignal, stop_on_signals
+from unetr_cli.training.stopping import StopRequest, StopSignal, ignoring_signals, stop_on_signals
 
 
 @dataclass
@@ -104,12 +105,26 @@ class _Training:
     state: LoopState
     writer: object | None
 
+    lock: contextlib.ExitStack | None = None  # releases the run folder (main process) when fit returns
+    stop: StopRequest | None = None  # while set, a second Ctrl-C waits until a checkpoint is written
     saved_step: int | None = None  # the step checkpoint_latest holds, once this invocation saved it
+
+    def __enter__(self) -> _Training:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.lock is not None:
+            self.lock.close()
 
     def save(self, *names: str, sync: bool = True) -> None:
         """Save the training state once, as the first name, and copy that file to the others."""
         first = self.run.checkpoint(names[0])
-        save_training_state(first, self.model, self.optimizer, self.scaler, self.state, self.settings, sync)
+        with self.stop.deferred() if self.stop else contextlib.nullcontext():
+            save_training_state(
+                first, self.model, self.optimizer, self.scaler, self.state, self.settings, sync
+            )
         if distributed.is_main() and self.settings.runtime.save_checkpoint:
             for name in names[1:]:
                 copy_file(first, self.run.checkpoint(name))
@@ -128,27 +143,25 @@ def fit(
     training = _set_up(settings, run, reporter, options or RunOptions(), finetuning)
     state, max_epochs = training.state, training.settings.optimisation.max_epochs
     first_epoch, started, last_dice = state.epoch, time.monotonic(), math.nan
-    try:
-        with (
-            stop_on_signals(distributed.is_main()) as stop,
-            Bars(reporter, max_epochs, first_epoch, len(training.loader)) as bars,
-        ):
-            for epoch in range(first_epoch, max_epochs):
-                record = _train_one_epoch(training, epoch, bars, stop, started)
-                last_epoch = _last_epoch_of_run(epoch, max_epochs, first_epoch, training.options, started)
-                if training.val_set is not None and (
-                    (epoch + 1) % training.settings.optimisation.val_every == 0 or last_epoch
-                ):
-                    last_dice = _validate_and_checkpoint(training, record)
-                _log_epoch(training, record, bars)
-                if last_epoch:
-                    break
-    except (KeyboardInterrupt, StopSignal) as stopped:
-        _save_interrupted(training, stopped)
-    finally:
-        if training.writer is not None:
-            training.writer.close()
-    return _finish(training, last_dice)
+    with training:  # closes the TensorBoard writer and releases the run folder at the end, whatever happens
+        try:
+            with (
+                stop_on_signals(distributed.is_main()) as training.stop,
+                Bars(reporter, max_epochs, first_epoch, len(training.loader)) as bars,
+            ):
+                for epoch in range(first_epoch, max_epochs):
+                    record = _train_one_epoch(training, epoch, bars, training.stop, started)
+                    last_epoch = _last_epoch_of_run(epoch, max_epochs, first_epoch, training.options, started)
+                    if training.val_set is not None and (
+                        (epoch + 1) % training.settings.optimisation.val_every == 0 or last_epoch
+                    ):
+                        last_dice = _validate_and_checkpoint(training, record)
+                    _log_epoch(training, record, bars)
+                    if last_epoch:
+                        break
+        except (KeyboardInterrupt, StopSignal) as stopped:
+            _save_interrupted(training, stopped)
+        return _finish(training, last_dice)
 
 
 # --- setup ------------------------------------------------------------------------------------------------
@@ -168,59 +181,69 @@ def _set_up(
         settings = settings.model_copy(update={"runtime": settings.runtime.model_copy(update={"seed": seed})})
     datalist = read_datalist(settings.data.data_dir, settings.data.json_list, settings.data.fold)
 
+    release = contextlib.ExitStack()  # the run folder's lock (main process), released if the set-up fails
+
     def prepare_run() -> None:
-        run.prepare(options.resume, options.overwrite)
+        release.enter_context(contextlib.closing(run.lock()))
+        run.check_start(options.resume, options.overwrite)
         if options.resume:
             check_resumable(run, settings)
         check_data(datalist.training + datalist.validation, settings, reporter)
+        if not options.resume:  # only now that the new run can start: the old one's files go
+            run.start_fresh()
         run.write_settings(settings.to_dict())
 
-    distributed.on_main(prepare_run)
-    torch.manual_seed(settings.runtime.seed)
-    model = build_model(settings.model)
-    if finetuning is not None:
-        weights = finetuning.weights
-        load_state(model, weights.state_dict, reinit_head=finetuning.reinit_head, origin=weights.source)
-        if finetuning.freeze_encoder:
-            for parameter in model.vit.parameters():
-                parameter.requires_grad_(False)
-    model.to(device)
-    opt = settings.optimisation
-    amp_dtype = autocast_dtype(device, opt.amp, opt.amp_dtype)
-    exact_fp32(device, amp_dtype)
-    scaler = grad_scaler(device, amp_dtype)
-    optimizer = _optimizer(model, settings)
-    state = LoopState()
-    if options.resume:
-        state = restore_training_state(run.checkpoint(LATEST), model, optimizer, scaler)
-        if distributed.is_main():
-            run.truncate_metrics(state.epoch)
-    trained = model
-    if env.is_distributed:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+    with release:
+        distributed.on_main(prepare_run)
+        torch.manual_seed(settings.runtime.seed)
+        model = build_model(settings.model)
+        if finetuning is not None:
+            if finetuning.weights is not None:  # None when a fine-tuning run resumes
+                weights = finetuning.weights
+                load_state(
+                    model, weights.state_dict, reinit_head=finetuning.reinit_head, origin=weights.source
+                )
+            if finetuning.freeze_encoder:
+                for parameter in model.vit.parameters():
+                    parameter.requires_grad_(False)
+        model.to(device)
+        opt = settings.optimisation
+        amp_dtype = autocast_dtype(device, opt.amp, opt.amp_dtype)
+        exact_fp32(device, amp_dtype)
+        scaler = grad_scaler(device, amp_dtype)
+        optimizer = _optimizer(model, settings)
+        state = LoopState()
+        if options.resume:
+            state = restore_training_state(run.checkpoint(LATEST), model, optimizer, scaler)
+            if distributed.is_main():
+                run.truncate_metrics(state.epoch)
+        trained = model
+        if env.is_distributed:
+            trained = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        data = training_data(settings, datalist, env, device, reporter)
+        training = _Training(
+            settings=settings,
+            run=run,
+            reporter=reporter,
+            options=options,
+            env=env,
+            device=device,
+            amp_dtype=amp_dtype,
+            model=model,
+            trained=trained,
+            optimizer=optimizer,
+            scaler=scaler,
+            loss_fn=_loss(settings),
+            base_lr=opt.lr * (env.world_size if opt.scale_lr else 1),
+            train_set=data.train_set,
+            loader=data.loader,
+            val_set=data.val_set,
+            state=state,
+            writer=tensorboard(run.path / TB_DIR) if distributed.is_main() else None,
+            lock=release.pop_all(),
         )
-    data = training_data(settings, datalist, env, device, reporter)
-    training = _Training(
-        settings=settings,
-        run=run,
-        reporter=reporter,
-        options=options,
-        env=env,
-        device=device,
-        amp_dtype=amp_dtype,
-        model=model,
-        trained=trained,
-        optimizer=optimizer,
-        scaler=scaler,
-        loss_fn=_loss(settings),
-        base_lr=opt.lr * (env.world_size if opt.scale_lr else 1),
-        train_set=data.train_set,
-        loader=data.loader,
-        val_set=data.val_set,
-        state=state,
-        writer=tensorboard(run.path / TB_DIR) if distributed.is_main() else None,
-    )
     announce(
         reporter,
         settings,
@@ -396,7 +419,8 @@ def _log_epoch(training: _Training, record: dict, bars: Bars) -> None:
 def _save_interrupted(training: _Training, stopped: BaseException) -> None:
     """Keep what the interrupted epoch learnt in checkpoint_latest; a resumed run redoes that epoch."""
     training.state.rewind_epoch()
-    training.save(LATEST, sync=False)
+    with ignoring_signals():  # a further Ctrl-C must not tear the checkpoint that keeps the run
+        training.save(LATEST, sync=False)
     signal_number = stopped.signal_number if isinstance(stopped, StopSignal) else signal.SIGINT
     latest = training.run.checkpoint(LATEST)
     raise Interrupted(

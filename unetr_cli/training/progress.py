@@ -68,6 +68,7 @@ def check_data(cases: list[dict], settings: Settings, reporter: Reporter) -> Non
         check_cases(
             cases,
             settings.model.out_channels,
+            settings.data.spacing,
             progress=(lambda done: bars.update(task, completed=done)) if bars else None,
         )
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unetr_cli.errors import OutputExistsError, UsageError
-from unetr_cli.files import atomic_output, write_text
+from unetr_cli.errors import OutputExistsError, UnetrError, UsageError
+from unetr_cli.files import atomic_output, remove_stale_temporaries, write_text
 
 LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
 SETTINGS_FILE, METRICS_FILE, PLOT_FILE, TB_DIR = (
@@ -20,6 +20,7 @@ SETTINGS_FILE, METRICS_FILE, PLOT_FILE, TB_DIR = (
     "tensorboard",
 )
 RUN_FILES = (LATEST, BEST, FINAL, SETTINGS_FILE, METRICS_FILE, PLOT_FILE)
+LOCK_FILE = ".lock"
 
 
 def default_logdir() -> Path:
@@ -27,7 +28,14 @@ def default_logdir() -> Path:
 
 
 def holds_run(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in (SETTINGS_FILE, LATEST, FINAL))
+    """A run worth keeping: a checkpoint, or metrics of trained epochs (a run without checkpoints). A
+    settings.json alone is what a start that failed left behind: not a run."""
+    if not path.is_dir():
+        return False
+    metrics = path / METRICS_FILE
+    return any((path / name).exists() for name in (LATEST, BEST, FINAL)) or (
+        metrics.is_file() and metrics.stat().st_size > 0
+    )
 
 
 class RunDir:
@@ -39,27 +47,56 @@ class RunDir:
     def checkpoint(self, name: str) -> Path:
         return self.path / name
 
-    def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to train into a folder that holds a run unless resuming it or told to overwrite it."""
+    def check_start(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to train into a folder that holds a run unless resuming it or told to overwrite it; nothing
+        is deleted here (that waits until the new run's data have passed their checks: `start_fresh`)."""
         if resume:
             if not (self.path / LATEST).is_file():
-                raise UsageError(f"{self.path}: no {LATEST} to resume from")
+                raise UsageError(f"{self.path}: no {LATEST} to resume from; start the run without --resume")
             return
-        if holds_run(self.path):
-            if not overwrite:
-                raise OutputExistsError(
-                    self.path, "it holds a run; pass --resume to continue it or --overwrite to start over"
-                )
-            for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
-            shutil.rmtree(self.path / TB_DIR, ignore_errors=True)
+        if holds_run(self.path) and not overwrite:
+            raise OutputExistsError(
+                self.path, "it holds a run; pass --resume to continue it or --overwrite to start over"
+            )
+
+    def start_fresh(self) -> None:
+        """Remove what an earlier run (or a failed start) left, for a new run in this folder."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / TB_DIR, ignore_errors=True)
+        remove_stale_temporaries(self.path)
+
+    def lock(self):
+        """Hold the run folder for this process (an open file with an exclusive lock, released when it is
+        closed or the process ends): two processes training into one folder would interleave epochs."""
+        import fcntl
+
         self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UnetrError(
+                f"{self.path}: is in use by another unetr process; wait for it to finish"
+            ) from None
+        return handle
 
     def write_settings(self, settings: dict[str, Any]) -> None:
         write_text(self.path / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
     def read_settings(self) -> dict[str, Any]:
-        return json.loads((self.path / SETTINGS_FILE).read_text())
+        """The run's settings: settings.json, or the copy inside checkpoint_latest if that file is damaged."""
+        try:
+            return json.loads((self.path / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            from unetr_cli.checkpoint import safe_load
+
+            if not (self.path / LATEST).is_file():
+                raise UsageError(
+                    f"{self.path / SETTINGS_FILE}: missing or damaged, and no {LATEST}"
+                ) from None
+            return safe_load(self.path / LATEST)["settings"]
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / METRICS_FILE, "a") as handle:
@@ -69,7 +106,13 @@ class RunDir:
         path = self.path / METRICS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line torn by a kill; resume rewrites the log without it
+                continue
+        return records
 
     def truncate_metrics(self, after_epoch: int) -> None:
         """Drop records past `after_epoch` (a resumed run redoes those epochs)."""

@@ -24,11 +24,22 @@ class StopRequest:
 
     def __init__(self):
         self.signal_number: int | None = None
+        self.saving = False
 
     def __call__(self, signum, frame) -> None:
-        if self.signal_number is not None and signum == signal.SIGINT:
+        if self.signal_number is not None and signum == signal.SIGINT and not self.saving:
             raise KeyboardInterrupt
         self.signal_number = signum
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """While a checkpoint is written, a second Ctrl-C only asks to stop (which the loop then does):
+        raised inside the writer it would leave no checkpoint at all."""
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
 
     def check(self) -> None:
         if self.signal_number is not None:
@@ -44,6 +55,17 @@ def stop_on_signals(install: bool):
     )
     try:
         yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def ignoring_signals():
+    """SIGINT and SIGTERM ignored for the duration (the last save of an interrupted run)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
