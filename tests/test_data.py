@@ -84,6 +84,12 @@ def test_fold_without_fold_fields_is_refused(dataset):
             lambda d: (d / "dataset_0.json").write_text('{"training": [{"image": "a.nii.gz"}]}'),
             'entry 0 of "training" needs "image" and "label"',
         ),
+        (
+            lambda d: (d / "dataset_0.json").write_text(
+                '{"training": [{"image": "a.nii.gz", "label": "b.nii.gz", "fold": "x"}]}'
+            ),
+            'entry 0 of "training": "fold" must be an integer, not \'x\'',
+        ),
     ],
 )
 def test_bad_datalists(dataset, breakage, expected):
@@ -141,6 +147,11 @@ def _break_dims(d, shape):
     _rewrite(d / "imagesTr" / "img0003.nii.gz", np.zeros(shape, np.int16))
 
 
+def _break_voxel_size(d):
+    for path in (d / "imagesTr" / "img0003.nii.gz", d / "labelsTr" / "label0003.nii.gz"):
+        _rewrite(path, np.asanyarray(nib.load(path).dataobj), np.diag([600.0, 600.0, 600.0, 1.0]))
+
+
 def _break_nan(d):
     image = d / "imagesTr" / "img0003.nii.gz"
     data = np.asanyarray(nib.load(image).dataobj).astype(np.float32)
@@ -163,6 +174,7 @@ def _break_nan(d):
             "img0003.nii.gz: expected a 3D scan, got a 4D with 2 channels",
         ),
         (_break_nan, "img0003.nii.gz: contains 1 NaN or infinite voxels"),
+        (_break_voxel_size, "img0003.nii.gz: resampled to 6x6x8 mm it would have"),
     ],
 )
 def test_bad_cases_are_caught_before_training(dataset, breakage, expected):

@@ -140,3 +140,16 @@ def test_export_of_a_file_without_settings_asks_for_the_architecture(tmp_path):
 def test_export_needs_exactly_one_format(trained_run, tmp_path):
     result = invoke("export", "--checkpoint", trained_run / "checkpoint_final.pt", "-o", tmp_path / "x")
     assert result.exit_code == 2 and "exactly one of --torchscript, --onnx, --safetensors" in result.stderr
+
+
+def test_export_without_room_for_the_file_is_refused_before_writing(trained_run, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1 << 20))
+    out = tmp_path / "m.pt"
+    result = invoke("export", "--checkpoint", trained_run / "checkpoint_final.pt", "--torchscript", "-o", out)
+    assert result.exit_code == 1
+    assert "not enough free space" in result.stderr and "MB free" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -169,3 +169,44 @@ def test_json_config_files_are_read(tmp_path):
     config = tmp_path / "s.json"
     config.write_text('{"optimisation": {"lr": 0.0003}}')
     assert resolve_settings(SettingsSources(config)).optimisation.lr == 0.0003
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["-s", "data.hu_min=NaN"], {}, "data.hu_min = nan: Input should be a finite number"),
+        ([], {"UNETR_DATA__HU_MAX": "inf"}, "data.hu_max = 'inf': Input should be a finite number"),
+        (["--lr", "inf"], {}, "optimisation.lr = inf: Input should be a finite number"),
+        ([], {"UNETR_DATA": "{garbage"}, "UNETR_DATA: not valid JSON for the data settings group"),
+    ],
+)
+def test_non_finite_and_malformed_settings_are_usage_errors(args, env, expected):
+    result = invoke("config", "show", *args, env=env)
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert "unexpected" not in result.stderr
+
+
+def test_a_binary_config_file_is_named(tmp_path):
+    config = tmp_path / "weights.toml"
+    config.write_bytes(bytes(range(256)) * 4)
+    result = invoke("config", "show", "--config", config)
+    assert result.exit_code == 2 and "weights.toml: not a settings file (not text)" in result.stderr
+
+
+def test_an_alias_bomb_gives_a_short_error(tmp_path):
+    levels = ["a: &a [" + ",".join(['"lol"'] * 9) + "]"]
+    for index, name in enumerate("bcdefg"):
+        previous = "abcdefg"[index]
+        levels.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+    config = tmp_path / "bomb.yaml"
+    config.write_text("\n".join(levels) + "\nmodel:\n  feature_size: *g\n")
+    result = invoke("config", "show", "--config", config)
+    assert result.exit_code == 2
+    assert "model.feature_size = [[" in result.stderr
+    assert len(result.stderr) < 2000
+
+
+def test_a_preset_is_a_name_not_a_path(tmp_path):
+    result = invoke("config", "show", "--preset", "../../etc/passwd")
+    assert result.exit_code == 2 and "unknown preset '../../etc/passwd'" in result.stderr

@@ -67,7 +67,11 @@ def _entry(path: Path, data_dir: Path, split: str, index: int, entry) -> dict:
         raise InputError(path, f'entry {index} of "{split}" needs "image" and "label" paths')
     resolved = {k: str((data_dir / entry[k]).resolve()) for k in ("image", "label")}
     if "fold" in entry:
-        resolved["fold"] = int(entry["fold"])
+        if isinstance(entry["fold"], bool) or not isinstance(entry["fold"], int):
+            raise InputError(
+                path, f'entry {index} of "{split}": "fold" must be an integer, not {entry["fold"]!r}'
+            )
+        resolved["fold"] = entry["fold"]
     return resolved
 
 

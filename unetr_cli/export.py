@@ -149,6 +149,20 @@ def _check(diff: float, path: Path) -> None:
         )
 
 
+def check_free_space(model: torch.nn.Module, path: Path) -> None:
+    """Refuse before writing when the folder cannot hold the file: TorchScript's writer aborts the whole
+    process on a full disk (a native crash, not an error), so this is checked first."""
+    import shutil
+
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) * 1.1 + (16 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise UnetrError(
+            f"{path}: not enough free space in {path.parent} ({free / 2**20:.0f} MB free, about "
+            f"{need / 2**20:.0f} MB needed)"
+        )
+
+
 def export_path_kind(torchscript: bool, onnx: bool, safetensors: bool) -> str:
     chosen = [k for k, v in (("torchscript", torchscript), ("onnx", onnx), ("safetensors", safetensors)) if v]
     if len(chosen) != 1:

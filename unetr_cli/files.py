@@ -9,11 +9,14 @@ either the old file or the new one, never a torn file. On any error the temporar
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 TEMP_PREFIX = ".unetr-tmp-"
+FULL_DISK_BYTES = 16 << 20  # a write that failed with less than this left was stopped by a full disk
 
 
 def temporary_path(path: Path) -> Path:
@@ -32,7 +35,12 @@ def atomic_output(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except RuntimeError as err:  # torch's writers say "unexpected pos" where they mean a full disk
+            if shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
         _fsync(tmp, os.O_RDONLY)
         if overwrite:
             os.replace(tmp, path)
@@ -57,8 +65,6 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 def copy_file(source: str | Path, path: str | Path) -> Path:
     """Copy `source` to `path` atomically."""
-    import shutil
-
     with atomic_output(path) as tmp:
         shutil.copyfile(source, tmp)
     return Path(path)

@@ -13,10 +13,13 @@ Swin-UNETR, which this network cannot load.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,17 +107,19 @@ def fetch(
 
     hub_logging.set_verbosity_error()  # its retry warnings would interleave with our one-line errors
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    download = functools.partial(
+        hf_hub_download,
+        repo_id,
+        filename,
+        revision=revision,
+        cache_dir=_cache_dir(),
+        endpoint=os.environ.get("HF_ENDPOINT"),
+        local_files_only=_offline(),
+    )
     try:
-        cached = Path(
-            hf_hub_download(
-                repo_id,
-                filename,
-                revision=revision,
-                cache_dir=_cache_dir(),
-                endpoint=os.environ.get("HF_ENDPOINT"),
-                local_files_only=_offline(),
-            )
-        )
+        cached = Path(_until_stalled(download, _cache_dir(), where))
+    except hub_errors.HFValidationError as err:
+        raise UsageError(f"{repo_id}: not a valid hub repository id ({str(err).splitlines()[0]})") from None
     except hub_errors.LocalEntryNotFoundError as err:
         status = _http_status(err)
         if status is not None:
@@ -138,12 +143,50 @@ def fetch(
         raise HubError(
             f"{where}: the hub answered HTTP {_http_status(err) or '?'}; try again later"
         ) from None
+    except ValueError as err:  # the hub client's check of the file name ("cannot contain a '..'")
+        if "filename" not in str(err).lower():
+            raise
+        raise UsageError(f"--filename {filename}: {str(err).splitlines()[0]}") from None
     except Exception as err:  # size mismatch, broken connection (the HTTP client's own errors), disk full
         if not isinstance(err, OSError) and type(err).__module__.split(".")[0] not in _TRANSPORT_MODULES:
             raise
         raise HubError(f"{where}: download failed ({str(err).splitlines()[0]}); nothing was kept") from None
     _verify(cached, where, expected_sha256)
     return cached
+
+
+def stall_limit_s() -> float:
+    """How long a download may go without receiving a byte: six of the hub client's read timeouts
+    (HF_HUB_DOWNLOAD_TIMEOUT, 10 s by default), since the client retries a silent server without end."""
+    return 6.0 * float(os.environ.get("HF_HUB_DOWNLOAD_TIMEOUT") or 10)
+
+
+def _until_stalled(download, cache: Path, where: str) -> str:
+    """Run `download` in a helper thread and give up once no byte has arrived for `stall_limit_s()`: a server
+    that accepts the connection and never answers would otherwise hold the command forever."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["path"] = download()
+        except BaseException as err:  # handed to the caller below
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    limit, seen, quiet_since = stall_limit_s(), -1, time.monotonic()
+    while worker.is_alive():
+        worker.join(0.25)
+        received = sum(p.stat().st_size for p in cache.glob("**/*.incomplete") if p.is_file())
+        if received != seen:
+            seen, quiet_since = received, time.monotonic()
+        elif time.monotonic() - quiet_since > limit:
+            raise HubError(
+                f"{where}: the hub stopped answering (nothing received for {limit:.0f} s); try later"
+            )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["path"]
 
 
 def _http_status(err: BaseException) -> int | None:

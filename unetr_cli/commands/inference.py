@@ -233,6 +233,7 @@ def evaluate(
       unetr evaluate --data-dir D --pretrained-dir pretrained_models --space resampled --empty-as-zero
       unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --csv scores.csv
     """
+    from unetr_cli.files import ensure_writable_folder
     from unetr_cli.inference import evaluate as ev
     from unetr_cli.settings import resolve_settings
 
@@ -240,6 +241,9 @@ def evaluate(
         raise UsageError(f"--space {space}: expected original or resampled")
     if split not in ("validation", "training"):
         raise UsageError(f"--split {split}: expected validation or training")
+    for option, path in (("--output", output), ("--csv", csv_path)):
+        if path is not None:  # before any case is scored, not after
+            ensure_writable_folder(path.parent, option)
     weights_options = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
     )

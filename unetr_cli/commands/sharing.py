@@ -52,12 +52,15 @@ def export(
     """
     from unetr_cli import export as exporting
     from unetr_cli.devices import resolve_device
+    from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
     if output.exists() and not overwrite:
         raise OutputExistsError(output)
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
+    ensure_writable_folder(output.parent, "-o")
+    remove_stale_temporaries(output.parent)
     weights = WeightsOptions(checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript).read()
     named = any(v is not None for v in (feature_size, img_size, out_channels, config, preset, set_))
     if not weights.settings and not named:
@@ -82,6 +85,7 @@ def export(
         "onnx": exporting.export_onnx,
         "safetensors": exporting.export_safetensors,
     }[kind]
+    exporting.check_free_space(model, output)
     report = exporter(model, settings, output)
     parity = "n/a" if report.max_abs_diff is None else f"{report.max_abs_diff:.3g}"
     stdout.print(

@@ -46,6 +46,8 @@ def synth(
     """
     from unetr_cli.phantoms import write_dataset
 
+    if shape is not None and min(shape) < 1:
+        raise UsageError(f"--shape {' '.join(map(str, shape))}: every axis needs at least one voxel")
     datalist = out_dir / "dataset_0.json"
     if datalist.exists() and not overwrite:
         raise UsageError(f"{datalist}: already exists; pass --overwrite to regenerate the dataset")

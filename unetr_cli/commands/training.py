@@ -118,6 +118,7 @@ def finetune(
     json_list: opt.JsonList = None,
     fold: opt.Fold = None,
     logdir: opt.Logdir = None,
+    resume: opt.Resume = False,
     config: opt.Config = None,
     preset: opt.Preset = None,
     set_: opt.Set = None,
@@ -153,11 +154,14 @@ def finetune(
       unetr finetune --pretrained-dir pretrained_models --pretrained-model-name UNETR_model_best_acc.pth -d D
       unetr finetune --from UNETR_model_best_acc.pt --trust-torchscript --data-dir D
       unetr finetune --from runs/btcv/checkpoint_best.pt --out-channels 5 --reinit-head --data-dir my_organs
+      unetr finetune --resume --logdir runs/finetune-1 --freeze-encoder
     """
     from unetr_cli.checkpoint import locate_weights
     from unetr_cli.distributed import Launch
     from unetr_cli.training.engine import RunOptions
     from unetr_cli.training.launch import FinetuneFrom, start_training
+
+    weights_named = any(v is not None for v in (from_, pretrained_dir, pretrained_model_name))
 
     start_training(
         sources=opt.sources(config, preset, set_),
@@ -180,11 +184,13 @@ def finetune(
             "runtime.seed": seed,
         },
         logdir=logdir,
-        options=RunOptions(overwrite=overwrite, stop_after_epochs=stop_after),
+        options=RunOptions(resume=resume, overwrite=overwrite, stop_after_epochs=stop_after),
         output_mode=opt.output_mode(quiet, json_output),
         launch=Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint, max_restarts),
         finetune=FinetuneFrom(
-            locate_weights(from_, pretrained_dir, pretrained_model_name),
+            None
+            if resume and not weights_named
+            else locate_weights(from_, pretrained_dir, pretrained_model_name),
             trust_torchscript=trust_torchscript,
             reinit_head=reinit_head,
             freeze_encoder=freeze_encoder,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unetr_cli.console import Reporter
-from unetr_cli.errors import InputError, UnetrError, UsageError
+from unetr_cli.console import Reporter, debugging
+from unetr_cli.errors import InputError, UsageError, failure_message
 from unetr_cli.files import write_text
 from unetr_cli.inference.reports import output_stem
 from unetr_cli.labels import label_names
@@ -151,6 +151,7 @@ def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_dis
         from unetr_cli.data import preprocessing
 
         _checked_labels(case.truth, classes, "truth")
+        load_volume(case.image)  # the checks of the original-space path: readable, finite, 3D, fits in memory
         sample = T.Compose(preprocessing(settings))({"image": str(case.image), "label": str(case.truth)})
         pred = segmenter.labels(sample["image"].as_tensor()[None]).numpy()
         truth = sample["label"].as_tensor()[0].numpy().round().astype(np.int64)
@@ -194,9 +195,12 @@ def run_cases(cases: list[Case], score, reporter: Reporter) -> Evaluation:
                 record = score(case)
                 evaluation.cases.append(record)
                 reporter.event("case", **{k: v for k, v in record.items() if k != "organs"})
-            except UnetrError as err:
-                evaluation.failed[case.name] = str(err)
-                reporter.warn(f"skipped case {case.name}: {err}")
+            except Exception as err:  # one case's failure, named; the others are scored
+                if debugging():
+                    raise
+                message = failure_message(err, case.image or case.prediction or case.truth)
+                evaluation.failed[case.name] = message
+                reporter.warn(f"skipped case {case.name}: {message}")
             if bars:
                 bars.update(task, advance=1, status=case.name)
     return evaluation

@@ -24,15 +24,16 @@ from unetr_cli.training.rundir import LATEST, RunDir, resolve_run_dir
 
 @dataclass(frozen=True)
 class FinetuneFrom:
-    """Where `unetr finetune` starts: a weights file, and how to use it."""
+    """Where `unetr finetune` starts: a weights file (none when a fine-tuning run resumes from its own
+    checkpoint), and how to use it."""
 
-    path: Path
+    path: Path | None
     trust_torchscript: bool = False
     reinit_head: bool = False
     freeze_encoder: bool = False
 
-    def read(self) -> LoadedWeights:
-        return read_weights(self.path, self.trust_torchscript)
+    def read(self) -> LoadedWeights | None:
+        return read_weights(self.path, self.trust_torchscript) if self.path is not None else None
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ class TrainingJob:
             run_dir=Path(values["run_dir"]),
             options=RunOptions(**values["options"]),
             output_mode=values["output_mode"],
-            finetune=FinetuneFrom(**{**finetune, "path": Path(finetune["path"])}) if finetune else None,
+            finetune=FinetuneFrom(**{**finetune, "path": finetune["path"] and Path(finetune["path"])})
+            if finetune
+            else None,
         )
 
 
