@@ -128,3 +128,56 @@ def test_kill_during_save_never_leaves_a_torn_file(tmp_path):
         child.wait()
         loaded = safe_load(path)
         assert torch.all(loaded["blob"] == loaded["version"]), "checkpoint is torn"
+
+
+def _tiny_weights(tmp_path):
+    from unetr_cli.model import build_model
+    from unetr_cli.settings import SettingsSources, resolve_settings
+
+    settings = resolve_settings(SettingsSources(preset="tiny-cpu"))
+    torch.manual_seed(0)
+    return settings, build_model(settings.model).state_dict()
+
+
+def test_a_checkpoint_with_damaged_bytes_is_refused_by_its_checksums(tmp_path):
+    import zipfile
+
+    settings, state = _tiny_weights(tmp_path)
+    path = tmp_path / "model.pt"
+    torch.save({"format": "unetr-checkpoint/1", "model": state, "settings": settings.to_dict()}, path)
+    with zipfile.ZipFile(path) as archive:  # the largest stored tensor, and where its bytes start
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+        header = len(member.filename.encode()) + len(member.extra) + 30
+        offset = member.header_offset + header + member.file_size // 2
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = bytes(b ^ 0xFF for b in data[offset : offset + 4])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its stored checksum"):
+        read_weights(path)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "expected"),
+    [
+        (lambda t: t.to(torch.int64), "not floating-point numbers: out.conv.conv.weight (torch.int64)"),
+        (lambda t: t > 0, "not floating-point numbers: out.conv.conv.weight (torch.bool)"),
+        (lambda t: t.fill_(float("nan")), "hold NaN or infinite values: out.conv.conv.weight"),
+    ],
+)
+def test_weights_must_be_finite_floating_point_numbers(tmp_path, spoil, expected):
+    settings, state = _tiny_weights(tmp_path)
+    state["out.conv.conv.weight"] = spoil(state["out.conv.conv.weight"].clone())
+    path = tmp_path / "model.safetensors"
+    save_safetensors(state, {"settings": settings.to_dict()}, path)
+    result = invoke("export", "--checkpoint", path, "--safetensors", "-o", tmp_path / "again.safetensors")
+    assert result.exit_code == 1
+    assert f"{path}: " in result.stderr and expected in result.stderr
+
+
+@pytest.mark.parametrize("stored", ['{"model": ', '"just text"'])
+def test_broken_settings_metadata_is_named(tmp_path, stored):
+    settings, state = _tiny_weights(tmp_path)
+    path = tmp_path / "model.safetensors"
+    save_safetensors(state, {"settings": stored}, path)
+    with pytest.raises(CheckpointError, match="model.safetensors: its s"):
+        read_weights(path)

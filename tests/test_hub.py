@@ -204,3 +204,41 @@ def test_predict_with_a_hub_reference_downloads_on_demand(fake_hub, trained_run,
     sidecar = json.loads((tmp_path / "hub.json").read_text())
     cached = Path(sidecar["checkpoint"])
     assert cached.is_relative_to(tmp_path / "hf") and cached.read_bytes() == weights.read_bytes()
+
+
+def test_a_server_that_never_answers_is_given_up_on(tmp_path, monkeypatch):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(32)
+    accepted = []
+    threading.Thread(
+        target=lambda: [accepted.append(listener.accept()) for _ in range(32)], daemon=True
+    ).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "1")  # the give-up comes after six of these, 6 s
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
+    started = time.monotonic()
+    result = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", tmp_path / "m")
+    assert result.exit_code == 1
+    assert "the hub stopped answering (nothing received for 6 s)" in result.stderr
+    assert time.monotonic() - started < 30 and accepted
+    listener.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["a/b/c", "--filename", "m.pth"], "a/b/c: not a valid hub repository id"),
+        (["bad repo!", "--filename", "m.pth"], "bad repo!: not a valid hub repository id"),
+        (
+            ["unetr-test/btcv", "--filename", "../../etc/passwd"],
+            "--filename ../../etc/passwd: Invalid filename",
+        ),
+    ],
+)
+def test_malformed_repository_ids_and_file_names_are_usage_errors(tmp_path, args, expected):
+    result = invoke("download", *args, "--to", tmp_path / "m")
+    assert result.exit_code == 2
+    assert expected in result.stderr

@@ -155,3 +155,83 @@ def test_inference_flags_reach_the_settings_used(trained_run, scans, tmp_path):
     used = json.loads((tmp_path / "seg.json").read_text())["settings"]["inference"]
     assert used["amp"] is False and used["blend_mode"] == "constant"
     assert used["infer_overlap"] == 0.25 and used["resample"] == "labels"
+
+
+def test_an_input_is_never_overwritten(trained_run, scans, tmp_path):
+    scan = tmp_path / "scan.nii.gz"
+    shutil.copy(scans / "case0.nii.gz", scan)
+    original = scan.read_bytes()
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(scan)
+    for target in (scan, link):
+        result = _predict(trained_run / "checkpoint_final.pt", scan, "-o", target, "--overwrite")
+        assert result.exit_code == 2
+        assert "inputs are never overwritten" in result.stderr and "--overwrite" not in result.stderr
+    assert scan.read_bytes() == original
+
+
+def test_predicting_into_the_input_folder_never_reads_its_own_outputs(trained_run, scans, tmp_path):
+    folder = tmp_path / "scans"
+    shutil.copytree(scans, folder)
+    (folder / ".unetr-tmp-999999999-case9_seg.nii.gz").write_bytes(b"left by a killed process")
+    checkpoint = trained_run / "checkpoint_final.pt"
+    first = _predict(checkpoint, folder, "-o", folder, "-q")
+    assert first.exit_code == 0, first.output
+    assert "3 written" in first.stdout
+    assert not list(folder.glob(".unetr-tmp-*"))  # the dead process's temporary file is gone
+    again = _predict(checkpoint, folder, "-o", folder, "--skip-existing", "-q")
+    assert again.exit_code == 0 and "0 written, 3 skipped" in again.stdout
+    assert not list(folder.glob("*_seg_seg*"))
+
+
+def test_skip_existing_finishes_incomplete_outputs(trained_run, scans, tmp_path):
+    out = tmp_path / "segs"
+    checkpoint = trained_run / "checkpoint_final.pt"
+    assert _predict(checkpoint, scans, "-o", out, "--stats", "-q").exit_code == 0
+    (out / "case1_seg_stats.json").unlink()  # as if a kill had struck between the files of one scan
+    resumed = _predict(checkpoint, scans, "-o", out, "--stats", "--skip-existing", "-q")
+    assert resumed.exit_code == 0 and "1 written, 2 skipped" in resumed.stdout
+    assert (out / "case1_seg_stats.json").is_file()
+
+
+def test_unusable_outputs_are_refused_before_the_model_loads(scans, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    result = _predict(tmp_path / "no_such_model.pt", scans, "-o", tmp_path / "a_file" / "segs")
+    assert result.exit_code == 2 and "a file is in the way" in result.stderr
+
+
+def test_a_scan_that_cannot_fit_is_named_and_the_batch_goes_on(trained_run, scans, tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(scans, folder)
+    huge = nib.load(folder / "case1.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.asanyarray(huge.dataobj), np.diag([600.0, 600.0, 600.0, 1.0])),
+        folder / "case1.nii.gz",
+    )
+    result = _predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 1
+    assert "case1.nii.gz: resampled to 6x6x8 mm it would have" in result.stderr
+    assert "2 written, 0 skipped (existing), 1 failed" in result.stdout
+
+
+def test_a_full_disk_is_one_scans_failure(trained_run, scans, tmp_path, monkeypatch):
+    import errno
+
+    from unetr_cli.inference import batch
+
+    real = batch.write_label_sidecars
+
+    def disk_full_for_case1(target, *args):
+        if target.name.startswith("case1"):
+            raise OSError(
+                errno.ENOSPC, "No space left on device", str(target.with_suffix("").with_suffix(".json"))
+            )
+        return real(target, *args)
+
+    monkeypatch.setattr(batch, "write_label_sidecars", disk_full_for_case1)
+    out = tmp_path / "out"
+    result = _predict(trained_run / "checkpoint_final.pt", scans, "-o", out, "-q")
+    assert result.exit_code == 1
+    assert "case1_seg.json: no space left on the device" in result.stderr
+    assert not (out / "case1_seg.nii.gz").exists()  # no label map without its sidecars
+    assert (out / "case0_seg.nii.gz").is_file() and (out / "case2_seg.nii.gz").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -179,3 +180,39 @@ def test_evaluate_agrees_with_training_validation(trained_run, tiny_dataset, tmp
     assert original.exit_code == 0, original.output
     native = json.loads((tmp_path / "o.json").read_text())["summary"]["mean_dice"]
     assert abs(native - last["mean_dice"]) < 0.15  # same model, scored on each scan's own grid
+
+
+def test_a_broken_case_is_named_and_the_others_are_scored(trained_run, tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    listing = json.loads((data / "dataset_0.json").read_text())
+    broken, missing = (data / listing["training"][0]["image"]), data / listing["training"][1]["image"]
+    image = nib.load(broken)
+    voxels = np.asanyarray(image.dataobj).astype(np.float32)
+    voxels[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(voxels, image.affine), broken)
+    missing.unlink()
+    common = ("--data-dir", data, "--checkpoint", trained_run / "checkpoint_final.pt", "--no-hd95")
+    for space in ("resampled", "original"):
+        result = invoke("evaluate", *common, "--space", space, "--split", "training")
+        assert result.exit_code == 1, result.output
+        assert "2 case(s)" in result.stdout  # the other two were scored
+        assert f"{broken.name}: contains 1 NaN or infinite voxels" in result.stderr
+        assert f"{missing.name}: file not found" in result.stderr
+
+
+def test_evaluate_outputs_are_checked_before_any_case_is_scored(trained_run, tiny_dataset, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    common = (
+        "--data-dir",
+        tiny_dataset,
+        "--checkpoint",
+        trained_run / "checkpoint_final.pt",
+        "--no-hd95",
+        "-q",
+    )
+    refused = invoke("evaluate", *common, "--output", tmp_path / "a_file" / "r.json")
+    assert refused.exit_code == 2 and "a file is in the way" in refused.stderr
+    assert "case" not in refused.stdout
+    created = invoke("evaluate", *common, "--output", tmp_path / "new" / "r.json")
+    assert created.exit_code == 0 and (tmp_path / "new" / "r.json").is_file()

@@ -133,3 +133,18 @@ def test_device_path_on_cpu_tensors_equals_the_host_path(tmp_path, segmenter, or
     assert on_device.shape == phantom.image.shape and on_device.dtype == np.uint8
     assert (on_device == on_host).mean() > 0.9999
     assert (on_device == 1).mean() > 0.01
+
+
+class NotANumber(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, float("nan")).repeat(1, 14, 1, 1, 1)
+
+
+def test_a_model_output_that_is_not_finite_is_an_error(tmp_path):
+    from unetr_cli.errors import UnetrError
+
+    settings = resolve_settings(SettingsSources(preset="tiny-cpu"), {"inference.device": "cpu"})
+    phantom = make_phantom(3, (64, 64, 24))
+    scan = write_scan(tmp_path / "scan.nii.gz", phantom.image, phantom.affine)
+    with pytest.raises(UnetrError, match="the model's output holds NaN or infinite values"):
+        predict_scan(scan, Segmenter(NotANumber(), settings, torch.device("cpu")))

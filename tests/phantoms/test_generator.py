@@ -93,3 +93,9 @@ def test_synth_command_prints_what_it_wrote(tmp_path):
     assert "48x48x24" in result.stdout and "LPS" in result.stdout and "RAS" in result.stdout
     again = invoke("synth", tmp_path / "ph", "--cases", "4")
     assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def test_synth_refuses_an_empty_shape(tmp_path):
+    result = invoke("synth", tmp_path / "d", "--shape", "0", "0", "0", "--cases", "1")
+    assert result.exit_code == 2 and "--shape 0 0 0: every axis needs at least one voxel" in result.stderr
+    assert not (tmp_path / "d").exists()

@@ -157,3 +157,19 @@ def test_finetune_from_torchscript_with_trust(trained_run, tiny_dataset, tmp_pat
     assert _starting_weights_kept(tmp_path / "b", safe_load(trained_run / "checkpoint_final.pt")["model"])
     stored = safe_load(tmp_path / "b" / "checkpoint_final.pt")["settings"]
     assert stored["model"]["img_size"] == 32 and stored["data"]["spacing"] == [6.0, 6.0, 8.0]
+
+
+def test_an_interrupted_finetune_resumes(tiny_dataset, tmp_path):
+    source = _tiny_raw_state_dict(tmp_path / "pretrained.pth")
+    run = tmp_path / "run"
+    common = ("--preset", "tiny-cpu", "--data-dir", tiny_dataset, "--logdir", run, "--max-epochs", "2", "-q")
+    first = invoke("finetune", "--from", source, *common, "--freeze-encoder", "--stop-after", "1")
+    assert first.exit_code == 0, first.output
+    resumed = invoke("finetune", *common, "--freeze-encoder", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    final = safe_load(run / "checkpoint_final.pt")
+    assert final["epoch"] == 2
+    original = torch.load(source, weights_only=True)
+    assert torch.equal(
+        final["model"]["vit.blocks.0.attn.qkv.weight"], original["module.vit.blocks.0.attn.qkv.weight"]
+    )
