@@ -32,13 +32,13 @@ def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int
 
     from unetr_cli.model import build_model
     from unetr_cli.settings import SettingsSources, resolve_settings
-    from unetr_cli.training.engine import _loss, _optimizer
+    from unetr_cli.training.recipe import loss_for, optimizer_for
 
     settings = resolve_settings(SettingsSources(preset=preset))
     device = torch.device(device_name)
     size = settings.model.img_size
     model = build_model(settings.model).to(device).train()
-    optimizer, loss_fn = _optimizer(model, settings), _loss(settings)
+    optimizer, loss_fn = optimizer_for(model, settings), loss_for(settings)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     image = torch.rand(4, 1, size, size, size, device=device)

@@ -24,11 +24,11 @@ def pure_step_seconds(amp: bool, steps: int = 4) -> float:
     from unetr_cli.devices import autocast, autocast_dtype
     from unetr_cli.model import build_model
     from unetr_cli.settings import SettingsSources, resolve_settings
-    from unetr_cli.training.engine import _loss, _optimizer
+    from unetr_cli.training.recipe import loss_for, optimizer_for
 
     settings = resolve_settings(SettingsSources(preset="btcv"))
     model = build_model(settings.model)
-    optimizer, loss_fn = _optimizer(model, settings), _loss(settings)
+    optimizer, loss_fn = optimizer_for(model, settings), loss_for(settings)
     dtype = autocast_dtype(torch.device("cpu"), amp)
     image = torch.rand(4, 1, 96, 96, 96)
     label = torch.randint(0, 14, (4, 1, 96, 96, 96)).float()

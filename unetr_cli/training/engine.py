@@ -48,6 +48,7 @@ from unetr_cli.training.progress import (
     report_validation,
     tensorboard,
 )
+from unetr_cli.training.recipe import loss_for, optimizer_for
 from unetr_cli.training.rundir import BEST, FINAL, LATEST, TB_DIR, RunDir
 from unetr_cli.training.schedule import learning_rate, step_position
 from unetr_cli.training.state import LoopState, check_resumable, restore_training_state, save_training_state
@@ -211,7 +212,7 @@ def _set_up(
         amp_dtype = autocast_dtype(device, opt.amp, opt.amp_dtype)
         exact_fp32(device, amp_dtype)
         scaler = grad_scaler(device, amp_dtype)
-        optimizer = _optimizer(model, settings)
+        optimizer = optimizer_for(model, settings)
         state = LoopState()
         if options.resume:
             state = restore_training_state(run.checkpoint(LATEST), model, optimizer, scaler)
@@ -235,7 +236,7 @@ def _set_up(
             trained=trained,
             optimizer=optimizer,
             scaler=scaler,
-            loss_fn=_loss(settings),
+            loss_fn=loss_for(settings),
             base_lr=opt.lr * (env.world_size if opt.scale_lr else 1),
             train_set=data.train_set,
             loader=data.loader,
@@ -258,31 +259,6 @@ def _set_up(
         backend=distributed.backend(),
     )
     return training
-
-
-def _optimizer(model: torch.nn.Module, settings: Settings) -> torch.optim.Optimizer:
-    opt = settings.optimisation
-    params = [p for p in model.parameters() if p.requires_grad]
-    if opt.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.optimizer == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(
-        params, lr=opt.lr, momentum=opt.momentum, nesterov=True, weight_decay=opt.weight_decay
-    )
-
-
-def _loss(settings: Settings):
-    from monai.losses import DiceCELoss
-
-    opt = settings.optimisation
-    return DiceCELoss(
-        to_onehot_y=True,
-        softmax=True,
-        squared_pred=True,
-        smooth_nr=opt.loss_smooth_nr,
-        smooth_dr=opt.loss_smooth_dr,
-    )
 
 
 # --- one epoch --------------------------------------------------------------------------------------------
