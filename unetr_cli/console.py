@@ -43,6 +43,18 @@ def debugging() -> bool:
     return os.environ.get("UNETR_DEBUG", "") not in ("", "0")
 
 
+def run_as_program(function) -> int:
+    """Run `function()` as a program (a torchrun worker): its errors end it with the one-line message and exit
+    code the CLI would give (the traceback under --debug); 0 when it returns."""
+    try:
+        function()
+    except (Exception, KeyboardInterrupt) as err:
+        if debugging():
+            raise
+        return report_error(err)
+    return 0
+
+
 def report_error(err: BaseException) -> int:
     """Print what a user sees for `err` (the project's errors as their message, anything else as one
     "unexpected" line) and return the exit code: the error's own, 130 for Ctrl-C, else 1."""

@@ -85,15 +85,7 @@ def predict(
     settings = model_settings(
         weights,
         opt.sources(config, preset, set_),
-        {
-            "inference.infer_overlap": infer_overlap,
-            "inference.sw_batch_size": sw_batch_size,
-            "inference.blend_mode": mode,
-            "inference.tta": tta,
-            "inference.resample": resample,
-            "inference.amp": infer_amp,
-            "inference.device": device,
-        },
+        opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device),
     )
     options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
@@ -253,13 +245,7 @@ def evaluate(
         "data.data_dir": data_dir,
         "data.json_list": json_list,
         "data.fold": fold,
-        "inference.infer_overlap": infer_overlap,
-        "inference.sw_batch_size": sw_batch_size,
-        "inference.blend_mode": mode,
-        "inference.tta": tta,
-        "inference.resample": resample,
-        "inference.amp": infer_amp,
-        "inference.device": device,
+        **opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device),
     }
     unpaired: dict[str, list[str]] = {}
     if weights_options.given:

@@ -183,6 +183,27 @@ def sources(config: Path | None, preset: str | None, assignments: list[str] | No
     return SettingsSources(config, preset, tuple(assignments or ()))
 
 
+def inference_flags(
+    infer_overlap: float | None,
+    sw_batch_size: int | None,
+    mode: str | None,
+    tta: bool | None,
+    resample: str | None,
+    infer_amp: bool | None,
+    device: str | None,
+) -> dict:
+    """The sliding-window options that predict and evaluate share, as the settings fields they set."""
+    return {
+        "inference.infer_overlap": infer_overlap,
+        "inference.sw_batch_size": sw_batch_size,
+        "inference.blend_mode": mode,
+        "inference.tta": tta,
+        "inference.resample": resample,
+        "inference.amp": infer_amp,
+        "inference.device": device,
+    }
+
+
 def output_mode(quiet: bool, json_output: bool) -> str:
     """The Reporter mode chosen by --quiet / --json."""
     return "json" if json_output else "quiet" if quiet else "rich"

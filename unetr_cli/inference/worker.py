@@ -106,16 +106,10 @@ def run_share(job: PredictJob, job_file: Path) -> None:
 
 def main(argv: list[str]) -> int:
     """The worker: errors end this process with the one-line message and exit code the CLI would give."""
-    from unetr_cli.console import debugging, report_error
+    from unetr_cli.console import run_as_program
 
     job_file = Path(argv[0])
-    try:
-        run_share(PredictJob.from_json(job_file.read_text()), job_file)
-    except (Exception, KeyboardInterrupt) as err:
-        if debugging():
-            raise
-        return report_error(err)
-    return 0
+    return run_as_program(lambda: run_share(PredictJob.from_json(job_file.read_text()), job_file))
 
 
 if __name__ == "__main__":

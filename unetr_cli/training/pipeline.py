@@ -109,7 +109,6 @@ def training_dataset(cases: list[dict], settings: Settings, pipeline: str, devic
     """A CacheDataset: preprocessing once per volume, augmentation every time a volume is drawn; where the
     cache lives and where the random part runs is the pipeline's choice."""
     from monai import transforms as T
-    from monai.data import CacheDataset
 
     prepare, (sample, crop, augment) = preprocessing(settings), _random_steps(settings)
     to_device = [T.EnsureTyped(keys=("image", "label"), device=device, track_meta=False)]
@@ -118,14 +117,8 @@ def training_dataset(cases: list[dict], settings: Settings, pipeline: str, devic
         "host": [*prepare, *sample, crop, *to_device, *augment],
         "workers": [*prepare, *sample, crop, *augment],
     }[pipeline]
-    return CacheDataset(
-        data=cases,
-        transform=T.Compose(steps),
-        cache_rate=settings.data.cache_rate,
-        num_workers=_cache_threads(settings),
-        progress=False,
-        copy_cache=False,  # the first random step crops, so cached volumes are never modified
-    )
+    # copy_cache off: the first random step crops, so cached volumes are never modified
+    return _cached(cases, steps, settings, copy_cache=False)
 
 
 def _random_steps(settings: Settings) -> tuple[list, object, list]:
@@ -140,17 +133,25 @@ def validation_dataset(cases: list[dict], settings: Settings, device: torch.devi
     """Preprocessed validation volumes, cached (each rank caches only the cases it scores), on `device` when
     given (the `device` pipeline: the windows then never leave the GPU)."""
     from monai import transforms as T
-    from monai.data import CacheDataset
 
     steps = preprocessing(settings)
     if device is not None:
         steps.append(T.EnsureTyped(keys=("image", "label"), device=device))
+    return _cached(cases, steps, settings)
+
+
+def _cached(cases: list[dict], steps: list, settings: Settings, copy_cache: bool = True):
+    """MONAI's CacheDataset over `steps`: everything before the first random step runs once per volume."""
+    from monai import transforms as T
+    from monai.data import CacheDataset
+
     return CacheDataset(
         data=cases,
         transform=T.Compose(steps),
         cache_rate=settings.data.cache_rate,
         num_workers=_cache_threads(settings),
         progress=False,
+        copy_cache=copy_cache,
     )
 
 

@@ -6,19 +6,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from unetr_cli.console import debugging, report_error
+from unetr_cli.console import run_as_program
 from unetr_cli.training.launch import TrainingJob, run_job
 
 
 def main(argv: list[str]) -> int:
     """Run the job; errors end this rank with the one-line message and exit code the CLI would give."""
-    try:
-        run_job(TrainingJob.from_json(Path(argv[0]).read_text()))
-    except (Exception, KeyboardInterrupt) as err:
-        if debugging():
-            raise
-        return report_error(err)
-    return 0
+    return run_as_program(lambda: run_job(TrainingJob.from_json(Path(argv[0]).read_text())))
 
 
 if __name__ == "__main__":
