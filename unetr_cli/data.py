@@ -12,7 +12,7 @@ import numpy as np
 
 from unetr_cli.errors import DataError, InputError, UsageError
 from unetr_cli.settings import Settings
-from unetr_cli.volumes import check_resampled_size, load_volume, read_info
+from unetr_cli.volumes import check_resampled_size, load_volume, read_info, scan_source
 
 # NIfTI's world frame: passing it explicitly keeps Orientationd's meaning fixed across MONAI versions.
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -100,8 +100,9 @@ def check_cases(
 
 
 def _check_case(case: dict, num_classes: int, spacing) -> None:
-    _, image_info = read_info(case["image"])
-    _, label_info = read_info(case["label"])
+    image, label = scan_source(case["image"]), scan_source(case["label"])
+    _, image_info = read_info(image)
+    _, label_info = read_info(label)
     if image_info.shape != label_info.shape:
         raise InputError(
             case["label"], f"shape {label_info.shape} differs from its image's {image_info.shape}"
@@ -109,8 +110,8 @@ def _check_case(case: dict, num_classes: int, spacing) -> None:
     if not np.allclose(image_info.affine, label_info.affine, atol=1e-3, rtol=1e-4):
         raise InputError(case["label"], "affine differs from its image's (they must share one voxel grid)")
     check_resampled_size(image_info, spacing, 2)  # the cached image and label
-    load_volume(case["image"])
-    label, _ = load_volume(case["label"], dtype=None)
+    load_volume(image)
+    label, _ = load_volume(label, dtype=None)
     if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
         raise InputError(case["label"], "has non-integer label values")
     low, high = label.min(), label.max()
@@ -122,14 +123,32 @@ def _check_case(case: dict, num_classes: int, spacing) -> None:
 
 
 def preprocessing(settings: Settings, keys: tuple[str, ...] = ("image", "label")) -> list:
-    """The deterministic part shared by training and validation: load the files, then `to_model_space`."""
-    from monai import transforms as T
+    """The deterministic part shared by training and validation: load the scans, then `to_model_space`."""
+    return [load_scans(keys), *to_model_space(settings, keys)]
 
-    return [
-        T.LoadImaged(keys=keys, image_only=True),
-        T.EnsureChannelFirstd(keys=keys),
-        *to_model_space(settings, keys),
-    ]
+
+def load_scans(keys: tuple[str, ...]):
+    """A transform loading each key's scan (`LoadScansd` below; MONAI is imported only when one is made)."""
+    from monai.transforms import MapTransform
+
+    class LoadScansd(MapTransform):
+        """Load each key's scan through unetr's one reading layer (`volumes.load_volume`: NIfTI, NRRD,
+        MetaImage, DICOM series; the same checks everywhere) as a channel-first float32 MetaTensor carrying
+        its RAS affine: what MONAI's LoadImaged + EnsureChannelFirstd give for NIfTI, for every format."""
+
+        def __call__(self, data):
+            import torch
+            from monai.data import MetaTensor
+
+            loaded = dict(data)
+            for key in self.key_iterator(loaded):
+                voxels, info = load_volume(scan_source(loaded[key]))
+                meta = {"filename_or_obj": str(loaded[key])}
+                affine = torch.as_tensor(info.affine, dtype=torch.float64)
+                loaded[key] = MetaTensor(torch.from_numpy(voxels)[None], affine=affine, meta=meta)
+            return loaded
+
+    return LoadScansd(keys)
 
 
 def to_model_space(settings: Settings, keys: tuple[str, ...] = ("image", "label")) -> list:

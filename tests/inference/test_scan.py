@@ -94,7 +94,7 @@ def test_output_keeps_qform_and_sform_codes(tmp_path, segmenter):
     nib.save(image, tmp_path / "codes.nii.gz")
     prediction = predict_scan(tmp_path / "codes.nii.gz", segmenter)
     out = save_nifti(
-        prediction.labels, prediction.nifti.affine, tmp_path / "seg.nii.gz", like=prediction.nifti
+        prediction.labels, prediction.scan.affine, tmp_path / "seg.nii.gz", like=prediction.scan.header
     )
     written = nib.load(out)
     assert written.header["qform_code"] == 1 and written.header["sform_code"] == 4

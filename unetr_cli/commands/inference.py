@@ -14,7 +14,13 @@ from unetr_cli.errors import UsageError
 
 
 def predict(
-    inputs: Annotated[list[str], typer.Argument(help="NIfTI scans, folders of them, or glob patterns.")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Scans: NIfTI, NRRD or MetaImage files, DICOM series (a folder, nested folders or a .zip), "
+            "folders of them, or glob patterns."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file (one input) or folder.")],
     checkpoint: opt.Checkpoint = None,
     pretrained_dir: opt.PretrainedDir = None,
@@ -46,6 +52,18 @@ def predict(
             "--skip-existing", help="Keep outputs that already exist (resume a batch).", rich_help_panel="Run"
         ),
     ] = False,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            help="nifti, dicom-seg (DICOM input only), seg-nrrd (3D Slicer), nrrd or mha; default: what -o's "
+            "ending names, else nifti.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(help="Segment only this DICOM series (SeriesInstanceUID).", rich_help_panel="Data"),
+    ] = None,
     overwrite: opt.Overwrite = False,
     nproc_per_node: opt.NprocPerNode = None,
     distributed: opt.Distributed = False,
@@ -71,13 +89,24 @@ def predict(
       unetr predict "data/imagesTs/*.nii.gz" -o segs/ --pretrained-dir pretrained_models --tta
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
       unetr predict scans/ -o segs/ --checkpoint model.pth --nproc-per-node 4 --skip-existing
+      unetr predict dicom/patient1/ -o segs/ --checkpoint model.pth --output-format dicom-seg
+      unetr predict scan.nrrd -o scan_seg.seg.nrrd --checkpoint model.pth
     """
     from unetr_cli.distributed import Launch
-    from unetr_cli.inference.batch import PredictOptions, check_outputs, expand_inputs, plan_outputs
+    from unetr_cli.inference.batch import (
+        PredictOptions,
+        check_outputs,
+        choose_format,
+        expand_inputs,
+        plan_outputs,
+    )
 
-    scans = expand_inputs(inputs)
-    targets = plan_outputs(scans, output)
-    options = PredictOptions(stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing)
+    scans, skipped = expand_inputs(inputs, series)
+    fmt = choose_format(output, output_format, scans)
+    targets = plan_outputs(scans, output, fmt)
+    options = PredictOptions(
+        stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing, output_format=fmt
+    )
     check_outputs(scans, targets, options)
     weights = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
@@ -89,6 +118,8 @@ def predict(
     )
     options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
+    for line in skipped:
+        reporter.warn(line)
     launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint)
     processes = launch.processes(settings.inference.device)
     if processes:

@@ -32,6 +32,13 @@ def synth(
         float, typer.Option(min=0.0, max=0.9, help="Share of cases in the 'validation' list.")
     ] = 0.2,
     workers: Annotated[int, typer.Option(min=1, help="Processes generating phantoms side by side.")] = 1,
+    image_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Images as nifti, dicom (a series folder per case), nrrd or mha; labels are NIfTI.",
+        ),
+    ] = "nifti",
     overwrite: opt.Overwrite = False,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -43,9 +50,13 @@ def synth(
       unetr synth data/phantoms --cases 4 --seed 0
       unetr synth data/small --cases 12 --shape 128 128 64 --folds 5
       unetr synth data/full --cases 30 --workers 8
+      unetr synth data/dicom --cases 4 --format dicom
     """
     from unetr_cli.phantoms import write_dataset
+    from unetr_cli.phantoms.generator import IMAGE_FORMATS
 
+    if image_format not in IMAGE_FORMATS:
+        raise UsageError(f"--format {image_format}: expected one of {', '.join(IMAGE_FORMATS)}")
     if shape is not None and min(shape) < 1:
         raise UsageError(f"--shape {' '.join(map(str, shape))}: every axis needs at least one voxel")
     datalist = out_dir / "dataset_0.json"
@@ -62,6 +73,7 @@ def synth(
             validation_fraction=validation_fraction,
             folds=folds,
             workers=workers,
+            image_format=image_format,
             progress=(lambda i: bar.update(task, completed=i)) if bar else None,
         )
     _print_dataset_table(path, reporter)
@@ -71,7 +83,7 @@ def _print_dataset_table(datalist: Path, reporter: Reporter) -> None:
     """A table of what was written, read back from the files' headers."""
     from rich.table import Table
 
-    from unetr_cli.volumes import read_info
+    from unetr_cli.volumes import read_info, scan_source
 
     listing = json.loads(datalist.read_text())
     table = Table(title=str(datalist), title_justify="left")
@@ -79,7 +91,7 @@ def _print_dataset_table(datalist: Path, reporter: Reporter) -> None:
         table.add_column(column, no_wrap=True)
     for split in ("training", "validation"):
         for entry in listing[split]:
-            _, info = read_info(datalist.parent / entry["image"])
+            _, info = read_info(scan_source(datalist.parent / entry["image"]))
             table.add_row(
                 split,
                 Path(entry["image"]).name,

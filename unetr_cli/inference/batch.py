@@ -23,7 +23,15 @@ from unetr_cli.inference.reports import (
 )
 from unetr_cli.inference.scan import Scan, read_scan, segment_scan
 from unetr_cli.inference.segmenter import Segmenter
-from unetr_cli.volumes import NIFTI_SUFFIXES, is_nifti, save_nifti
+from unetr_cli.volumes import (
+    OUTPUT_FORMATS,
+    file_kind,
+    output_format,
+    save_itk,
+    save_nifti,
+    save_segmentation_nrrd,
+    scan_suffix,
+)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class PredictOptions:
     preview: bool = False
     overwrite: bool = False
     skip_existing: bool = False
+    output_format: str = "nifti"
     provenance: dict = field(default_factory=dict)
 
 
@@ -44,44 +53,96 @@ class BatchResult:
     failed: dict[Path, str] = field(default_factory=dict)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their NIfTI files) and glob patterns, in order, without duplicates."""
-    found: list[Path] = []
+def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[list, list[str]]:
+    """The scans named by files, folders and glob patterns, in order, without duplicates: NIfTI, NRRD and
+    MetaImage files (a folder's own), and the CT series of DICOM files (in a folder, searched recursively, or
+    a .zip). Returns the scans (paths and `dicom.DicomSeries`) and one line per series skipped (not CT)."""
+    from unetr_cli.dicom import DicomSeries, choose_series, find_series, is_dicom_file
+
+    found: list = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p) and not _not_a_scan(p))
-        elif any(ch in item for ch in "*?[") and not path.exists():
+        if any(ch in item for ch in "*?[") and not path.exists():
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             if not matches:
                 raise UsageError(f"{item}: the pattern matches no files")
-            found += matches
         else:
-            found.append(path)  # a missing file is reported per case, like any other bad input
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UsageError("no input scans: name NIfTI files, a folder of them or a glob pattern")
-    return unique
+            matches = [path]
+        for match in matches:
+            if match.is_dir():
+                files = sorted(
+                    p for p in match.iterdir() if p.is_file() and scan_suffix(p) and not _not_a_scan(p)
+                )
+                has_dicom = any(is_dicom_file(p) for p in match.rglob("*") if p.is_file())
+                if not files and not has_dicom:
+                    raise UsageError(
+                        f"{match}: holds no scans (NIfTI, NRRD, MetaImage files or DICOM series)"
+                    )
+                found += files + (find_series(match) if has_dicom else [])
+            elif match.is_file() and file_kind(match) == "zip":
+                found += find_series(match)
+            else:
+                found.append(match)  # a missing or unreadable file is reported per case
+    series = [s for s in found if isinstance(s, DicomSeries)]
+    skipped = [f"skipped {s.summary()}: not CT" for s in series if s.modality != "CT"]
+    chosen = {id(s) for s in choose_series([s for s in series if s.modality == "CT"], series_uid)}
+    scans, seen = [], set()
+    for source in found:
+        if isinstance(source, DicomSeries):
+            key, keep = source.uid, id(source) in chosen
+        else:
+            key, keep = source, series_uid is None
+        if keep and key not in seen:
+            seen.add(key)
+            scans.append(source)
+    if not scans:
+        raise UsageError(
+            "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
+            "folder or .zip) or a glob pattern"
+        )
+    return scans, skipped
 
 
 def _not_a_scan(path: Path) -> bool:
     """In a folder of scans: hidden files (temporary files among them) and unetr's own label maps (a
-    `<name>_seg.nii.gz` beside its `<name>_seg.json` sidecar), so `-o` may be the input folder."""
-    return (
-        path.name.startswith(".")
-        or output_stem(path).with_suffix(".json").is_file()
-        and (output_stem(path).name.endswith("_seg"))
-    )
+    `<name>_seg.*` beside its `<name>_seg.json` sidecar), so `-o` may be the input folder."""
+    if path.name.startswith("."):
+        return True
+    stem = output_stem(path)
+    return stem.name.endswith("_seg") and stem.with_suffix(".json").is_file()
 
 
-def plan_outputs(inputs: list[Path], output: Path) -> list[Path]:
-    """`-o` is the output file for a single input and a folder (`<name>_seg.nii.gz` each) for several."""
-    single_file = len(inputs) == 1 and output.name.endswith(NIFTI_SUFFIXES) and not output.is_dir()
-    if single_file:
+def scan_name(source) -> str:
+    """The base of a scan's output names: a file's name without its suffix, a DICOM series' folder."""
+    return source.name if hasattr(source, "uid") else output_stem(Path(source)).name
+
+
+def choose_format(output: Path, requested: str | None, sources: list) -> str:
+    """The output format: --output-format, else what `-o`'s ending names, else NIfTI. DICOM-SEG references its
+    source series, so it needs DICOM inputs only."""
+    named = output_format(output) if not output.is_dir() else None
+    if requested is not None and requested not in OUTPUT_FORMATS:
+        raise UsageError(f"--output-format {requested}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    if requested and named and named != requested and len(sources) == 1:
+        raise UsageError(f"-o {output}: the name asks for {named}, --output-format for {requested}")
+    fmt = requested or (named if len(sources) == 1 else None) or "nifti"
+    if fmt == "dicom-seg":
+        others = [s for s in sources if not hasattr(s, "uid")]
+        if others:
+            raise UsageError(
+                f"--output-format dicom-seg needs DICOM input; {others[0]} is not a DICOM series"
+            )
+    return fmt
+
+
+def plan_outputs(sources: list, output: Path, fmt: str) -> list[Path]:
+    """`-o` is the output file for a single input and a folder (`<name>_seg.<format suffix>` each) for
+    several."""
+    if len(sources) == 1 and output_format(output) and not output.is_dir():
         return [output]
-    if output.name.endswith(NIFTI_SUFFIXES) and not output.is_dir():
-        raise UsageError(f"-o {output}: with {len(inputs)} inputs, -o must be a folder")
-    names = [f"{output_stem(p).name}_seg.nii.gz" for p in inputs]
+    if output_format(output) and not output.is_dir():
+        raise UsageError(f"-o {output}: with {len(sources)} inputs, -o must be a folder")
+    names = [f"{scan_name(s)}_seg{OUTPUT_FORMATS[fmt]}" for s in sources]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise UsageError(
@@ -94,10 +155,11 @@ def check_outputs(inputs: list[Path], outputs: list[Path], options: PredictOptio
     """Before any work: no output is an input (paths and inodes compared, links followed), outputs that exist
     need --overwrite or --skip-existing, and every output folder can be created and written. Temporary files
     that dead unetr processes left in them are removed."""
-    scans = {_identity(p): p for p in inputs if p.exists()}
+    files = [f for s in inputs for f in (s.files if hasattr(s, "files") else [Path(s)])]
+    scans = {_identity(p): p for p in files if p.exists()}
     for target in outputs:
         source = scans.get(_identity(target)) if target.exists() else None
-        if source is not None or target.resolve() in {p.resolve() for p in inputs}:
+        if source is not None or target.resolve() in {p.resolve() for p in files}:
             raise UsageError(
                 f"-o {target}: is the input scan {source or target}; inputs are never overwritten, choose "
                 "another output"
@@ -209,11 +271,9 @@ def _now(function, *args) -> Future:
     return future
 
 
-def _read(source: Path) -> Scan:
-    if not source.exists():
+def _read(source) -> Scan:
+    if isinstance(source, Path) and not source.exists():
         raise InputError(source, "file not found")
-    if not is_nifti(source):
-        raise InputError(source, "not a NIfTI file (.nii or .nii.gz)")
     return read_scan(source)
 
 
@@ -221,14 +281,31 @@ def _write_outputs(scan: Scan, labels, target: Path, options: PredictOptions, cl
     """The sidecars first and the label map last: a label map on disk means its unit is complete. A new
     output is created only if no other process made it meanwhile; an existing one is replaced only when the
     user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing)."""
-    affine = scan.nifti.affine
     replace = options.overwrite or target.exists()
     write_label_sidecars(target, classes, {"source": str(scan.path), **options.provenance})
     if options.stats:
-        write_statistics(target, organ_statistics(labels, scan.image, affine, classes))
+        write_statistics(target, organ_statistics(labels, scan.image, scan.affine, classes))
     if options.preview:
-        write_preview(target, scan.image, labels, affine, classes, title=scan.path.name)
-    save_nifti(labels, affine, target, like=scan.nifti, overwrite=replace)
+        write_preview(target, scan.image, labels, scan.affine, classes, title=scan.path.name)
+    save_label_map(labels, scan, target, options.output_format, classes, options.provenance, replace)
+
+
+def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict, replace: bool):
+    """Write the label map in `fmt` on the scan's grid (NIfTI keeps a NIfTI input's qform/sform codes)."""
+    if fmt == "nifti":
+        like = scan.header if scan.info.kind == "nifti" else None
+        save_nifti(labels, scan.affine, target, like=like, overwrite=replace)
+    elif fmt == "seg-nrrd":
+        save_segmentation_nrrd(labels, scan.affine, target, classes, overwrite=replace)
+    elif fmt == "dicom-seg":
+        from unetr_cli.dicom import write_segmentation
+
+        if replace or not target.exists():
+            write_segmentation(labels, scan.header, target, classes, provenance)
+        else:
+            raise OutputExistsError(target)
+    else:
+        save_itk(labels, scan.affine, target, overwrite=replace)
 
 
 def _finish_write(result: BatchResult, reporter: Reporter, source: Path, target: Path, started, done) -> None:

@@ -22,7 +22,7 @@ from unetr_cli.files import write_text
 from unetr_cli.inference.reports import output_stem
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import organ_metrics
-from unetr_cli.volumes import NIFTI_SUFFIXES, load_volume
+from unetr_cli.volumes import OUTPUT_FORMATS, load_volume, scan_source, scan_suffix
 
 
 @dataclass
@@ -55,8 +55,8 @@ def pair_folders(pred_dir: Path, gt_dir: Path) -> tuple[list[Case], list[str], l
     for folder in (pred_dir, gt_dir):
         if not folder.is_dir():
             raise InputError(folder, "folder not found")
-    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
-    truths = sorted(p for p in gt_dir.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    preds = sorted(p for p in pred_dir.iterdir() if scan_suffix(p) and not p.name.startswith("."))
+    truths = sorted(p for p in gt_dir.iterdir() if scan_suffix(p) and not p.name.startswith("."))
     cases, used = [], set()
     for truth in truths:
         match = next((p for p in preds if _key(p) == _key(truth) and p not in used), None)
@@ -79,7 +79,10 @@ def datalist_cases(entries: list[dict], pred_dir: Path | None) -> list[Case]:
         if pred_dir is None:
             cases.append(Case(_key(image), truth, image=image))
             continue
-        candidates = [pred_dir / f"{_key(image)}_seg.nii.gz", pred_dir / image.name, pred_dir / truth.name]
+        named = [
+            pred_dir / f"{_key(image)}_seg{suffix}" for suffix in OUTPUT_FORMATS.values() if suffix != ".dcm"
+        ]
+        candidates = [*named, pred_dir / image.name, pred_dir / truth.name]
         found = next((c for c in candidates if c.exists()), candidates[0])
         cases.append(Case(_key(image), truth, prediction=found))
     return cases
@@ -112,7 +115,7 @@ def label_map_cases(
 
 
 def _checked_labels(path: Path, num_classes: int, role: str):
-    labels, info = load_volume(path, dtype=None)
+    labels, info = load_volume(scan_source(path), dtype=None)
     if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
         raise InputError(path, f"the {role} has non-integer label values")
     ids = np.unique(labels)
@@ -151,7 +154,7 @@ def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_dis
         from unetr_cli.data import preprocessing
 
         _checked_labels(case.truth, classes, "truth")
-        load_volume(case.image)  # the checks of the original-space path: readable, finite, 3D, fits in memory
+        load_volume(scan_source(case.image))  # the original space's checks: readable, finite, 3D, fits
         sample = T.Compose(preprocessing(settings))({"image": str(case.image), "label": str(case.truth)})
         pred = segmenter.labels(sample["image"].as_tensor()[None]).numpy()
         truth = sample["label"].as_tensor()[0].numpy().round().astype(np.int64)
@@ -160,9 +163,9 @@ def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_dis
     from unetr_cli.inference.scan import predict_scan
 
     truth, truth_info = _checked_labels(case.truth, classes, "truth")
-    prediction = predict_scan(case.image, segmenter)
+    prediction = predict_scan(scan_source(case.image), segmenter)
     if prediction.labels.shape != truth.shape or not np.allclose(
-        prediction.nifti.affine, truth_info.affine, atol=1e-3, rtol=1e-4
+        prediction.scan.affine, truth_info.affine, atol=1e-3, rtol=1e-4
     ):
         raise InputError(case.truth, f"is not on its image's grid ({case.image})")
     rows = organ_metrics(prediction.labels, truth, truth_info.spacing, classes, empty_as_zero, with_distance)

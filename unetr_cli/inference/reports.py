@@ -15,10 +15,13 @@ from unetr_cli.labels import label_colour, label_names, slicer_colour_table
 
 
 def output_stem(path: Path) -> Path:
-    """`out/seg.nii.gz` -> `out/seg`, the base name for sidecar files."""
+    """`out/seg.nii.gz` -> `out/seg` (likewise .seg.nrrd, .nrrd, .mha, .dcm, ...): the base name for sidecar
+    files."""
+    from unetr_cli.volumes import OUTPUT_FORMATS, SCAN_SUFFIXES
+
     name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
+    for suffix in sorted({*SCAN_SUFFIXES, *OUTPUT_FORMATS.values()}, key=len, reverse=True):
+        if name.lower().endswith(suffix):
             return path.with_name(name[: -len(suffix)])
     return path.with_suffix("")
 

@@ -17,23 +17,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unetr_cli.errors import InputError
 from unetr_cli.inference.resample import SLAB, probabilities_to_labels_on_device, resample_labels
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.settings import Settings
-from unetr_cli.volumes import VolumeInfo, check_resampled_size
+from unetr_cli.volumes import VolumeInfo, check_resampled_size, load_scan
 
 
 @dataclass
 class Scan:
-    """A decoded scan: its voxels as stored (int16 HU for most CTs) and its header."""
+    """A decoded scan: its voxels as stored (int16 HU for most CTs), its header, and the format's own header
+    object (a nibabel image, a DICOM series' slice headers, or None), which outputs in that format copy."""
 
     image: np.ndarray
     info: VolumeInfo
-    nifti: object  # the nibabel image, whose header the outputs copy
+    header: object = None
 
     @property
     def path(self) -> Path:
         return self.info.path
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.info.affine
 
 
 @dataclass
@@ -41,24 +47,44 @@ class ScanPrediction:
     """A label map on the scan's own grid, with the scan it belongs to."""
 
     labels: np.ndarray
-    image: np.ndarray
-    nifti: object
-    path: Path
+    scan: Scan
 
 
-def read_scan(path: str | Path) -> Scan:
-    """Decode and check a scan file on the CPU (the whole gzip stream, so its CRC is checked)."""
-    from unetr_cli.volumes import load_volume, read_info
-
-    nifti, _ = read_info(path)
-    image, info = load_volume(path, dtype=None)
-    return Scan(image, info, nifti)
+def read_scan(source) -> Scan:
+    """Decode and check a scan on the CPU: a NIfTI, NRRD or MetaImage file (for .nii.gz the whole stream, so
+    its CRC is checked) or a `dicom.DicomSeries`."""
+    image, info, header = load_scan(source, dtype=None)
+    return Scan(image, info, header)
 
 
-def predict_scan(path: str | Path, segmenter: Segmenter) -> ScanPrediction:
-    """Segment one scan file; the label map has the scan's own shape and affine."""
-    scan = read_scan(path)
-    return ScanPrediction(segment_scan(scan, segmenter), scan.image, scan.nifti, scan.path)
+def predict_scan(source, segmenter: Segmenter) -> ScanPrediction:
+    """Segment one scan: a file, a `dicom.DicomSeries`, or one in memory (a `Scan`, a nibabel image, or an
+    (array, affine) pair); the label map has the scan's own shape and affine. Nothing is written."""
+    scan = as_scan(source)
+    return ScanPrediction(segment_scan(scan, segmenter), scan)
+
+
+def in_memory(image: np.ndarray, affine: np.ndarray, header=None) -> Scan:
+    """A scan already in memory (voxels x, y, z in HU and their RAS affine), checked like a file."""
+    from unetr_cli.volumes import checked_header
+
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise InputError("<memory>", "the volume contains NaN or infinite voxels")
+    info = checked_header(Path("<memory>"), image.shape, affine, str(image.dtype))
+    return Scan(image.reshape(info.shape), info, header)
+
+
+def as_scan(source) -> Scan:
+    """A scan from a file or DICOM series (read), a `Scan` (as is), a nibabel image or an (array, affine)
+    pair (in memory)."""
+    if isinstance(source, Scan):
+        return source
+    if isinstance(source, tuple) and len(source) == 2:
+        return in_memory(*source)
+    if hasattr(source, "affine") and hasattr(source, "dataobj"):  # a nibabel image
+        return in_memory(np.asanyarray(source.dataobj), source.affine, source)
+    return read_scan(source)
 
 
 def segment_scan(scan: Scan, segmenter: Segmenter) -> np.ndarray:

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetr_cli.dicom import DicomSeries
 from unetr_cli.distributed import Launch, dist_env
 from unetr_cli.files import write_text
 from unetr_cli.inference.batch import BatchResult, PredictOptions
@@ -25,7 +26,7 @@ from unetr_cli.settings import Settings
 class PredictJob:
     """Everything a prediction process needs, resolved once by `unetr predict`."""
 
-    scans: list[Path]
+    scans: list  # paths and DICOM series
     targets: list[Path]
     options: PredictOptions
     settings: Settings
@@ -36,7 +37,7 @@ class PredictJob:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "scans": [str(p) for p in self.scans],
+                "scans": [s.to_dict() if isinstance(s, DicomSeries) else str(s) for s in self.scans],
                 "targets": [str(p) for p in self.targets],
                 "options": dataclasses.asdict(self.options),
                 "settings": self.settings.to_dict(),
@@ -50,7 +51,7 @@ class PredictJob:
     def from_json(cls, text: str) -> PredictJob:
         values = json.loads(text)
         return cls(
-            scans=[Path(p) for p in values["scans"]],
+            scans=[DicomSeries.from_dict(s) if isinstance(s, dict) else Path(s) for s in values["scans"]],
             targets=[Path(p) for p in values["targets"]],
             options=PredictOptions(**values["options"]),
             settings=Settings.from_dict(values["settings"]),

@@ -22,7 +22,7 @@ import numpy as np
 from unetr_cli.files import write_text
 from unetr_cli.labels import BTCV_LABELS
 from unetr_cli.phantoms.anatomy import AIR_HU, FAT_HU, MUSCLE_HU, build_anatomy, paint, rotation
-from unetr_cli.volumes import save_nifti
+from unetr_cli.volumes import save_itk, save_nifti
 
 # Paint order: later organs win where shapes touch (vessels stay continuous).
 PAINT_ORDER = (6, 1, 7, 2, 3, 11, 4, 12, 13, 5, 10, 9, 8)
@@ -188,6 +188,7 @@ def write_dataset(
     orientations: tuple[str, ...] = DATASET_ORIENTATIONS,
     progress=None,
     workers: int = 1,
+    image_format: str = "nifti",
 ) -> Path:
     """Write `cases` phantoms as imagesTr/imgNNNN.nii.gz, labelsTr/labelNNNN.nii.gz and dataset_0.json.
 
@@ -195,7 +196,8 @@ def write_dataset(
     "validation" list. With `folds`, every "training" entry also carries a `fold` field (0..folds-1) for
     cross-validation with `--fold`. Storage orders cycle through `orientations`. `progress` is called after
     each case with the number of cases done. `workers` processes generate cases side by side (each case
-    depends only on its seed, so the dataset is the same).
+    depends only on its seed, so the dataset is the same). `image_format` writes the images as NIfTI, as DICOM
+    series (a folder per case), NRRD or MetaImage; labels are NIfTI on the image's grid.
 
     Returns:
         The path of the written datalist.
@@ -212,6 +214,7 @@ def write_dataset(
             shape,
             spacing,
             orientations[(index - 1) % len(orientations)],
+            image_format,
         )
         for index in range(1, cases + 1)
     ]
@@ -240,11 +243,24 @@ def write_dataset(
     return write_text(out_dir / "dataset_0.json", json.dumps(datalist, indent=2) + "\n")
 
 
+IMAGE_FORMATS = {"nifti": ".nii.gz", "dicom": "", "nrrd": ".nrrd", "mha": ".mha"}
+
+
 def _write_case(job) -> dict:
     """Generate and save one case of `write_dataset`; returns its datalist entry."""
-    out_dir, index, case_seed, shape, spacing, orientation = job
+    out_dir, index, case_seed, shape, spacing, orientation, image_format = job
     phantom = make_phantom(case_seed, shape=shape, spacing=spacing, orientation=orientation)
-    entry = {"image": f"imagesTr/img{index:04d}.nii.gz", "label": f"labelsTr/label{index:04d}.nii.gz"}
-    save_nifti(phantom.image, phantom.affine, out_dir / entry["image"])
-    save_nifti(phantom.label, phantom.affine, out_dir / entry["label"])
+    image = f"imagesTr/img{index:04d}{IMAGE_FORMATS[image_format]}"
+    entry = {"image": image, "label": f"labelsTr/label{index:04d}.nii.gz"}
+    label, affine = phantom.label, phantom.affine
+    if image_format == "dicom":
+        from unetr_cli.dicom import reading_order, write_ct_series
+
+        write_ct_series(phantom.image, phantom.affine, out_dir / image, description=f"phantom {index}")
+        label, affine = reading_order(phantom.label, phantom.affine)  # the grid DICOM readers rebuild
+    elif image_format == "nifti":
+        save_nifti(phantom.image, phantom.affine, out_dir / image)
+    else:
+        save_itk(phantom.image, phantom.affine, out_dir / image)
+    save_nifti(label, affine, out_dir / entry["label"])
     return entry
