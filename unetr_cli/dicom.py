@@ -34,7 +34,7 @@ _HEADER_TAGS = (
 )
 
 
-@dataclass
+@dataclass(eq=False)  # one object per series found: compared and hashed by identity
 class DicomSeries:
     """One series: its files (in no particular order) and what the listing shows of it."""
 
@@ -53,6 +53,10 @@ class DicomSeries:
         if not self.shares_folder:
             return base
         return f"{base}_s{self.number if self.number is not None else self.uid[-6:]}"
+
+    def __str__(self) -> str:
+        """Where the series is, as messages name it."""
+        return str(self.folder) + (f" (series {self.number})" if self.shares_folder else "")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "files": [str(f) for f in self.files], "folder": str(self.folder)}
@@ -77,24 +81,27 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def find_series(root: Path) -> list[DicomSeries]:
-    """The DICOM series in `root` (a folder, searched recursively, or a .zip of one), in series-number order.
+def find_series(root: Path) -> tuple[list[DicomSeries], list[InputError]]:
+    """The DICOM series in `root` (a folder, searched recursively, or a .zip of one), in series-number order,
+    and one error for each DICOM file whose header cannot be read (the others are still found).
 
     Raises:
-        InputError: a DICOM file whose header cannot be read, or no DICOM file at all.
+        InputError: no DICOM file at all.
     """
     import pydicom
 
     folder = _unzipped(root) if root.is_file() and zipfile.is_zipfile(root) else root
     groups: dict[str, DicomSeries] = {}
+    unreadable: list[InputError] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         if not is_dicom_file(path):
             continue
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+            uid = str(header.SeriesInstanceUID)  # a truncated file reads without it
         except Exception as err:  # pydicom raises several types for damaged files
-            raise InputError(path, f"unreadable DICOM file ({_short(err)})") from None
-        uid = str(header.get("SeriesInstanceUID", "")) or f"(no series UID) {path.parent}"
+            unreadable.append(InputError(path, f"unreadable DICOM file ({_short(err)})"))
+            continue
         if uid not in groups:
             number = header.get("SeriesNumber")
             groups[uid] = DicomSeries(
@@ -106,12 +113,12 @@ def find_series(root: Path) -> list[DicomSeries]:
                 folder=root if folder is not root else path.parent,
             )
         groups[uid].files.append(path)
-    if not groups:
+    if not groups and not unreadable:
         raise InputError(root, "holds no DICOM files (nor NIfTI, NRRD or MetaImage scans)")
     series = sorted(groups.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
     for item in series:
         item.shares_folder = sum(other.folder == item.folder for other in series) > 1
-    return series
+    return series, unreadable
 
 
 def _unzipped(archive: Path) -> Path:

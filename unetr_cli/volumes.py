@@ -134,7 +134,7 @@ def _nifti_info(path: Path):
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path)) if is_nifti(path) else _nifti_from_bytes(_raw_bytes(path))
     except Exception as err:  # nibabel raises several types for bad files
         raise InputError(path, f"not a readable NIfTI file ({_short(err)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -247,23 +247,43 @@ def scan_source(path: str | Path):
 
     path = Path(path)
     if path.is_dir() or (path.is_file() and file_kind(path) == "zip"):
-        series = [s for s in find_series(path) if s.modality == "CT"]
+        found, unreadable = find_series(path)
+        if unreadable:
+            raise unreadable[0]
+        series = [s for s in found if s.modality == "CT"]
         if len(series) != 1:
-            listing = "; ".join(s.summary() for s in find_series(path))
+            listing = "; ".join(s.summary() for s in found)
             raise InputError(path, f"holds {len(series)} CT series, expected one ({listing})")
         return series[0]
     return path
 
 
 def _nifti_voxels(img, info: VolumeInfo) -> np.ndarray:
-    import nibabel as nib
 
     try:
-        if info.path.name.endswith(".gz"):
-            img = nib.Nifti1Image.from_bytes(gzip.decompress(info.path.read_bytes()))
+        if _is_gzip(info.path):  # decompressed in one pass: a truncated or damaged stream fails here
+            img = _nifti_from_bytes(_raw_bytes(info.path))
         return np.asanyarray(img.dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as err:
         raise InputError(info.path, f"truncated or corrupted data ({_short(err)})") from None
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _raw_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _nifti_from_bytes(data: bytes):
+    """A NIfTI-1 or NIfTI-2 image from its bytes (whatever the file was called)."""
+    import nibabel as nib
+
+    two = int.from_bytes(data[:4], "little") == 540 or int.from_bytes(data[:4], "big") == 540
+    return (nib.Nifti2Image if two else nib.Nifti1Image).from_bytes(data)
 
 
 def _itk_voxels(info: VolumeInfo) -> np.ndarray:

@@ -99,9 +99,14 @@ def predict(
         choose_format,
         expand_inputs,
         plan_outputs,
+        unreadable_formats,
     )
 
-    scans, skipped = expand_inputs(inputs, series)
+    scans, skipped, unreadable = expand_inputs(inputs, series)
+    refused = unreadable | unreadable_formats(scans)
+    scans = [s for s in scans if s not in refused]
+    if not scans:
+        raise UsageError("\n".join(refused.values()))
     fmt = choose_format(output, output_format, scans)
     targets = plan_outputs(scans, output, fmt)
     options = PredictOptions(
@@ -140,6 +145,7 @@ def predict(
         segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
         _report_ready(reporter, segmenter)
         result = predict_batch(scans, targets, segmenter, options, reporter)
+    result.failed |= refused
     _summarise_batch(result, reporter)
 
 

@@ -53,13 +53,21 @@ class BatchResult:
     failed: dict[Path, str] = field(default_factory=dict)
 
 
-def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[list, list[str]]:
+def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[list, list[str], dict]:
     """The scans named by files, folders and glob patterns, in order, without duplicates: NIfTI, NRRD and
     MetaImage files (a folder's own), and the CT series of DICOM files (in a folder, searched recursively, or
-    a .zip). Returns the scans (paths and `dicom.DicomSeries`) and one line per series skipped (not CT)."""
+    a .zip). Returns the scans (paths and `dicom.DicomSeries`), one line per series skipped (not CT), and the
+    DICOM files that could not be read, each with its message (failures of the batch)."""
     from unetr_cli.dicom import DicomSeries, choose_series, find_series, is_dicom_file
 
     found: list = []
+    unreadable: dict = {}
+
+    def dicom_series(root: Path) -> list:
+        series, broken = find_series(root)
+        unreadable.update({err.path: str(err) for err in broken})
+        return series
+
     for item in inputs:
         path = Path(item)
         if any(ch in item for ch in "*?[") and not path.exists():
@@ -78,9 +86,9 @@ def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[lis
                     raise UsageError(
                         f"{match}: holds no scans (NIfTI, NRRD, MetaImage files or DICOM series)"
                     )
-                found += files + (find_series(match) if has_dicom else [])
+                found += files + (dicom_series(match) if has_dicom else [])
             elif match.is_file() and file_kind(match) == "zip":
-                found += find_series(match)
+                found += dicom_series(match)
             else:
                 found.append(match)  # a missing or unreadable file is reported per case
     series = [s for s in found if isinstance(s, DicomSeries)]
@@ -97,10 +105,28 @@ def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[lis
             scans.append(source)
     if not scans:
         raise UsageError(
-            "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
+            "\n".join(unreadable.values())
+            or "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
             "folder or .zip) or a glob pattern"
         )
-    return scans, skipped
+    return scans, skipped, unreadable
+
+
+def unreadable_formats(scans: list) -> dict:
+    """The named files that are no scan format unetr reads (by their content), each with its one line: found
+    before the model loads; the batch segments the rest."""
+    refused = {}
+    for source in scans:
+        kind = file_kind(source) if isinstance(source, Path) and source.is_file() else None
+        if kind == "dicom":
+            refused[source] = f"{source}: is one DICOM slice: name the folder (or .zip) of its series"
+        elif kind is not None and kind not in ("nifti", "nrrd", "metaimage"):
+            refused[source] = (
+                f"{source}: not a readable NIfTI file (damaged, or not NIfTI despite its name)"
+                if scan_suffix(source) in (".nii", ".nii.gz")
+                else f"{source}: not a scan file: expected NIfTI, NRRD, MetaImage or a DICOM series"
+            )
+    return refused
 
 
 def _not_a_scan(path: Path) -> bool:
