@@ -82,8 +82,9 @@ def test_several_series_in_one_folder_each_become_a_case(trained_run, tmp_path):
     listing = {s.number: s for s in find_series(folder)[0]}
     assert sorted(listing) == [3, 5, 7] and listing[3].description == "venous"
     checkpoint = trained_run / "checkpoint_final.pt"
-    result = _predict(checkpoint, folder, "-o", tmp_path / "out", "-q")
+    result = _predict(checkpoint, folder, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
+    assert f"found series {listing[3].uid} 'venous' (CT, 20 files)" in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == [
         "export_s3_seg.nii.gz",
         "export_s5_seg.nii.gz",

@@ -123,6 +123,9 @@ def predict(
     )
     options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
+    for scan in scans:
+        if hasattr(scan, "uid"):  # a DICOM series: say which one, as the listing of a folder would
+            reporter.info(f"found {scan.summary()}")
     for line in skipped:
         reporter.warn(line)
     launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint)
