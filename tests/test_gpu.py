@@ -91,7 +91,7 @@ def test_predict_on_cuda_with_every_option(trained_run, gpu_scans, tmp_path):
     for name in ("lps", "oblique"):
         assert (out / f"{name}_seg.nii.gz").is_file() and (out / f"{name}_seg_preview.png").is_file()
         stats = json.loads((out / f"{name}_seg_stats.json").read_text())
-        assert sum(row["voxels"] for row in stats) > 0
+        assert sum(row["voxels"] for row in stats["organs"]) > 0
 
 
 def test_out_of_memory_falls_back_and_says_so(trained_run, gpu_scans, tmp_path, monkeypatch):

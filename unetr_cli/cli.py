@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from unetr_cli import __version__
-from unetr_cli.commands import command, config, demo, inference, sharing, synth, training
+from unetr_cli.commands import command, config, demo, inference, review, sharing, synth, training
 from unetr_cli.console import debugging, report_error, stdout
 
 
@@ -67,6 +67,7 @@ for _function in (
     training.finetune,
     inference.predict,
     inference.evaluate,
+    review.report,
     sharing.export,
     sharing.download,
     demo.demo,

@@ -92,23 +92,49 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray, spacing) -> float | None:
     masks' joint bounding box); None when either mask is empty."""
     if not pred.any() or not truth.any():
         return None
-    import warnings
-
     from monai.metrics import compute_hausdorff_distance
+
+    return _on_joint_box(
+        compute_hausdorff_distance, pred, truth, include_background=True, percentile=95, spacing=spacing
+    )
+
+
+def surface_dice(pred: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float) -> float | None:
+    """Normalised surface Dice: the share of both masks' surfaces within `tolerance_mm` of the other's
+    (MONAI's compute_surface_dice on the joint bounding box); 0 when one mask is empty, None when both
+    are."""
+    if not pred.any() and not truth.any():
+        return None
+    if not pred.any() or not truth.any():
+        return 0.0
+    from monai.metrics import compute_surface_dice
+
+    return _on_joint_box(
+        compute_surface_dice,
+        pred,
+        truth,
+        class_thresholds=[tolerance_mm],
+        include_background=True,
+        spacing=spacing,
+    )
+
+
+def _on_joint_box(metric, pred: np.ndarray, truth: np.ndarray, spacing, **options) -> float:
+    """A MONAI distance metric of two masks, cropped to their joint bounding box plus a voxel."""
+    import warnings
 
     both = np.argwhere(pred | truth)
     low, high = np.maximum(both.min(axis=0) - 1, 0), both.max(axis=0) + 2
     box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
     with warnings.catch_warnings():  # MONAI warns about its own internal default change
         warnings.simplefilter("ignore", FutureWarning)
-        distance = compute_hausdorff_distance(
+        value = metric(
             torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None],
             torch.from_numpy(np.ascontiguousarray(truth[box]))[None, None],
-            include_background=True,
-            percentile=95,
             spacing=[float(s) for s in spacing],
+            **options,
         )
-    return float(distance.item())
+    return float(value.item())
 
 
 def organ_metrics(
@@ -118,8 +144,10 @@ def organ_metrics(
     num_classes: int,
     empty_as_zero: bool = False,
     with_distance: bool = True,
+    surface_tolerance_mm: float | None = None,
 ) -> list[dict]:
-    """Per organ: Dice, HD95 (mm), predicted and true volume and their difference (ml)."""
+    """Per organ: Dice, HD95 (mm), surface Dice at `surface_tolerance_mm` (with distances), predicted and
+    true volume and their difference (ml)."""
     counts = overlap_counts(pred, truth, num_classes)
     dice = dice_from_counts(counts, empty_as_zero)
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -133,6 +161,9 @@ def organ_metrics(
                 "dice": None if math.isnan(dice[label]) else float(dice[label]),
                 "hd95_mm": hausdorff95(pred == label, truth == label, spacing)
                 if with_distance and in_either
+                else None,
+                "surface_dice": surface_dice(pred == label, truth == label, spacing, surface_tolerance_mm)
+                if with_distance and in_either and surface_tolerance_mm
                 else None,
                 "volume_pred_ml": round(predicted_ml, 3),
                 "volume_true_ml": round(true_ml, 3),

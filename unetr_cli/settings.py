@@ -153,6 +153,12 @@ class InferenceSettings(_Group):
         description="back to the scan's grid: interpolate class probabilities (classical), or the label map "
         "alone (no probability volume in memory)",
     )
+    keep_largest: bool = Field(
+        False, description="keep only the largest connected component of each organ that is one piece"
+    )
+    min_size_ml: float | None = Field(
+        None, gt=0, description="remove organ components smaller than this (ml)"
+    )
 
     @field_validator("device")
     @classmethod

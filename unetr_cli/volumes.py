@@ -43,6 +43,11 @@ class VolumeInfo:
     dtype: str
     kind: str = "nifti"  # nifti, nrrd, metaimage or dicom
 
+    @property
+    def voxel_ml(self) -> float:
+        """The volume of one voxel in millilitres."""
+        return abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
 
 def is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_SUFFIXES)

@@ -57,7 +57,7 @@ def test_single_scan_gets_label_map_and_sidecars(trained_run, scans, tmp_path):
     assert sidecar["labels"]["6"] == "liver" and sidecar["settings"]["model"]["img_size"] == 32
     assert "6 liver" in (tmp_path / "seg.ctbl").read_text()
     stats = json.loads((tmp_path / "seg_stats.json").read_text())
-    liver = next(row for row in stats if row["organ"] == "liver")
+    liver = next(row for row in stats["organs"] if row["organ"] == "liver")
     voxel_ml = abs(np.linalg.det(source.affine[:3, :3])) / 1000
     assert liver["volume_ml"] == pytest.approx((labels == 6).sum() * voxel_ml, rel=1e-3)
     assert 0 < liver["mean_hu"] < 250

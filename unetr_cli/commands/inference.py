@@ -34,12 +34,33 @@ def predict(
     resample: opt.Resample = None,
     infer_amp: opt.InferAmp = None,
     device: opt.Device = None,
-    stats: Annotated[
+    report: Annotated[
         bool,
         typer.Option(
-            "--stats", help="Write organ volumes (ml) and mean HU as JSON and CSV.", rich_help_panel="Run"
+            "--report",
+            "--stats",
+            help="Per organ: volume (ml), mean HU and the flags to double-check (lateral, cut, volume, "
+            "fragments, uncertain with --tta, hu), as <name>_stats.json and .csv, and a line per scan.",
+            rich_help_panel="Checks",
         ),
     ] = False,
+    fail_on_flags: Annotated[
+        bool,
+        typer.Option(
+            help="Exit 1 when a scan is flagged (its outputs are still written); implies --report.",
+            rich_help_panel="Checks",
+        ),
+    ] = False,
+    strict_orientation: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse a scan whose orientation looks wrong (spine in front, liver left or below the "
+            "kidneys) instead of warning.",
+            rich_help_panel="Checks",
+        ),
+    ] = False,
+    keep_largest: opt.KeepLargest = None,
+    min_size: opt.MinSize = None,
     preview: Annotated[
         bool,
         typer.Option(
@@ -85,7 +106,8 @@ def predict(
 
     Examples:
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint runs/btcv/checkpoint_best.pt
-      unetr predict scans/ -o segs/ --checkpoint model.pth --stats --preview --skip-existing
+      unetr predict scans/ -o segs/ --checkpoint model.pth --report --preview --skip-existing
+      unetr predict scans/ -o segs/ --checkpoint model.pth --fail-on-flags --keep-largest --min-size 0.5
       unetr predict "data/imagesTs/*.nii.gz" -o segs/ --pretrained-dir pretrained_models --tta
       unetr predict scan.nii.gz -o seg.nii.gz --checkpoint UNETR_model_best_acc.pt --trust-torchscript
       unetr predict scans/ -o segs/ --checkpoint model.pth --nproc-per-node 4 --skip-existing
@@ -110,7 +132,13 @@ def predict(
     fmt = choose_format(output, output_format, scans)
     targets = plan_outputs(scans, output, fmt)
     options = PredictOptions(
-        stats=stats, preview=preview, overwrite=overwrite, skip_existing=skip_existing, output_format=fmt
+        report=report or fail_on_flags,
+        preview=preview,
+        strict_orientation=strict_orientation,
+        fail_on_flags=fail_on_flags,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        output_format=fmt,
     )
     check_outputs(scans, targets, options)
     weights = WeightsOptions(
@@ -119,7 +147,8 @@ def predict(
     settings = model_settings(
         weights,
         opt.sources(config, preset, set_),
-        opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device),
+        opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device)
+        | opt.postprocessing_flags(keep_largest, min_size),
     )
     options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
     reporter = Reporter(opt.output_mode(quiet, json_output))
@@ -177,11 +206,17 @@ def _summarise_batch(result, reporter: Reporter) -> None:
         written=len(result.written),
         skipped=len(result.skipped),
         failed=len(result.failed),
+        flagged=len(result.flagged),
         peak_gpu_memory_bytes=peak,
     )
     if result.failed:
         for source, problem in result.failed.items():
             error_line(problem if str(source) in problem else f"{source}: {problem}")
+    if result.flagged:
+        error_line(
+            f"{len(result.flagged)} scan(s) flagged (--fail-on-flags): {', '.join(map(str, result.flagged))}"
+        )
+    if result.failed or result.flagged:
         raise typer.Exit(1)
 
 
@@ -229,8 +264,19 @@ def evaluate(
         ),
     ] = False,
     hd95: Annotated[
-        bool, typer.Option("--hd95/--no-hd95", help="Compute HD95 distances (slower).", rich_help_panel="Run")
+        bool,
+        typer.Option(
+            "--hd95/--no-hd95", help="Compute HD95 and surface Dice (slower).", rich_help_panel="Run"
+        ),
     ] = True,
+    surface_tolerance: Annotated[
+        float,
+        typer.Option(
+            help="Tolerance (mm) of the normalised surface Dice (NSD).", min=0.0, rich_help_panel="Run"
+        ),
+    ] = 2.0,
+    keep_largest: opt.KeepLargest = None,
+    min_size: opt.MinSize = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", help="Write all numbers as JSON.", rich_help_panel="Run", dir_okay=False),
@@ -254,19 +300,22 @@ def evaluate(
     quiet: opt.Quiet = False,
     json_output: opt.JsonOutput = False,
 ) -> None:
-    """Score segmentations per organ (Dice, HD95 in mm, volume difference) and per case.
+    """Score segmentations per organ (Dice, HD95 in mm, surface Dice, volume difference) and per case.
 
     With a model, every case of a datalist split is predicted with the same code as `unetr predict`; with
     --pred-dir, existing label maps are scored against --gt-dir (paired by name) or the datalist's labels.
-    The exit code is 0 whatever the scores; it is non-zero only for errors.
+    With --keep-largest or --min-size, every case is scored with and without that post-processing. The
+    exit code is 0 whatever the scores; it is non-zero only for errors.
 
     Examples:
       unetr evaluate --data-dir /dataset/dataset0 --checkpoint runs/btcv/checkpoint_best.pt --output r.json
       unetr evaluate --data-dir D --pretrained-dir pretrained_models --space resampled --empty-as-zero
       unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --csv scores.csv
+      unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --keep-largest --surface-tolerance 1
     """
     from unetr_cli.files import ensure_writable_folder
     from unetr_cli.inference import evaluate as ev
+    from unetr_cli.inference.postprocess import PostProcessing
     from unetr_cli.settings import resolve_settings
 
     if space not in ("original", "resampled"):
@@ -286,8 +335,14 @@ def evaluate(
         "data.json_list": json_list,
         "data.fold": fold,
         **opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device),
+        **opt.postprocessing_flags(keep_largest, min_size),
     }
     unpaired: dict[str, list[str]] = {}
+
+    def scoring(settings) -> ev.Scoring:
+        cleanup = PostProcessing.of(settings.inference)
+        return ev.Scoring(empty_as_zero, hd95, surface_tolerance, cleanup)
+
     if weights_options.given:
         if pred_dir is not None or gt_dir is not None:
             raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
@@ -298,7 +353,7 @@ def evaluate(
         settings, weights_path = trained.settings, trained.weights_path
         segmenter = Segmenter(trained.network, settings, resolve_device(settings.inference.device))
         cases = ev.datalist_cases(ev.split_entries(settings, split), None)
-        score = lambda case: ev.score_model(case, segmenter, space, empty_as_zero, hd95)  # noqa: E731
+        score = lambda case: ev.score_model(case, segmenter, space, scoring(settings))  # noqa: E731
     else:
         if space == "resampled":
             raise UsageError(
@@ -310,19 +365,21 @@ def evaluate(
             if names:
                 reporter.warn(f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}")
         classes = settings.model.out_channels
-        score = lambda case: ev.score_files(case, classes, empty_as_zero, hd95)  # noqa: E731
+        score = lambda case: ev.score_files(case, classes, scoring(settings))  # noqa: E731
     evaluation = ev.run_cases(cases, score, reporter)
     evaluation.unpaired = unpaired
     summary = ev.summarise(evaluation)
     context = {
         "space": space,
         "empty_as_zero": empty_as_zero,
+        "surface_tolerance_mm": surface_tolerance,
+        "postprocessing": PostProcessing.of(settings.inference).describe(),
         "checkpoint": str(weights_path) if weights_path else None,
         "settings": settings.to_dict(),
     }
     ev.write_results(evaluation, summary, context, output, csv_path)
     if reporter.mode != "json":
-        stdout.print(ev.results_table(summary, f"unetr evaluate ({space} space)"))
+        stdout.print(ev.results_table(summary, f"unetr evaluate ({space} space)", surface_tolerance))
     reporter.event("summary", **summary)
     for name, problem in evaluation.failed.items():
         error_line(f"case {name} failed: {problem}")

@@ -136,6 +136,24 @@ Tta = Annotated[
     typer.Option("--tta/--no-tta", help="Average predictions over axis flips.", rich_help_panel=_INFER),
 ]
 
+KeepLargest = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-largest/--no-keep-largest",
+        help="Keep only the largest connected component of each organ that is one piece.",
+        rich_help_panel=_INFER,
+    ),
+]
+MinSize = Annotated[
+    float | None,
+    typer.Option(
+        "--min-size",
+        help="Remove organ components smaller than this many ml.",
+        min=0.0,
+        rich_help_panel=_INFER,
+    ),
+]
+
 # Run
 Logdir = Annotated[
     Path | None,
@@ -202,6 +220,11 @@ def inference_flags(
         "inference.amp": infer_amp,
         "inference.device": device,
     }
+
+
+def postprocessing_flags(keep_largest: bool | None, min_size: float | None) -> dict:
+    """The post-processing options that predict and evaluate share, as the settings fields they set."""
+    return {"inference.keep_largest": keep_largest, "inference.min_size_ml": min_size}
 
 
 def output_mode(quiet: bool, json_output: bool) -> str:

@@ -14,13 +14,15 @@ from pathlib import Path
 from unetr_cli.console import Reporter, debugging
 from unetr_cli.errors import InputError, OutputExistsError, UsageError, failure_message
 from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
-from unetr_cli.inference.reports import (
-    organ_statistics,
-    output_stem,
-    write_label_sidecars,
-    write_preview,
-    write_statistics,
+from unetr_cli.inference.plausibility import (
+    ScanReport,
+    assess,
+    orientation_after_inference,
+    orientation_before_inference,
+    write_report,
 )
+from unetr_cli.inference.postprocess import PostProcessing, postprocess
+from unetr_cli.inference.reports import output_stem, write_label_sidecars, write_preview
 from unetr_cli.inference.scan import Scan, read_scan, segment_scan
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.volumes import (
@@ -36,10 +38,14 @@ from unetr_cli.volumes import (
 
 @dataclass
 class PredictOptions:
-    """What to write besides the label maps, and what to do with existing outputs."""
+    """What to write besides the label maps, what to do with existing outputs, and which doubts about a
+    scan fail it: `strict_orientation` refuses a scan whose orientation looks wrong (nothing is written),
+    `fail_on_flags` counts a flagged scan as failed (its outputs are written)."""
 
-    stats: bool = False
+    report: bool = False
     preview: bool = False
+    strict_orientation: bool = False
+    fail_on_flags: bool = False
     overwrite: bool = False
     skip_existing: bool = False
     output_format: str = "nifti"
@@ -51,6 +57,7 @@ class BatchResult:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: dict[Path, str] = field(default_factory=dict)
+    flagged: dict[Path, str] = field(default_factory=dict)  # with --fail-on-flags: the report's summary line
 
 
 def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[list, list[str], dict]:
@@ -212,7 +219,7 @@ def is_complete(target: Path, options: PredictOptions) -> bool:
     only if these exist too: an earlier run may have been asked for less)."""
     stem = output_stem(target)
     wanted = [target, stem.with_suffix(".json"), stem.with_suffix(".ctbl")]
-    if options.stats:
+    if options.report:
         wanted += [stem.with_name(stem.name + "_stats.json"), stem.with_name(stem.name + "_stats.csv")]
     if options.preview:
         wanted.append(stem.with_name(stem.name + "_preview.png"))
@@ -237,6 +244,7 @@ def predict_batch(
             todo.append((source, target))
     overlap = segmenter.device.type == "cuda"
     classes = segmenter.settings.model.out_channels
+    cleanup = PostProcessing.of(segmenter.settings.inference)
     with (
         ThreadPoolExecutor(1, "unetr-read") as reader,
         ThreadPoolExecutor(1, "unetr-write") as writer,
@@ -253,7 +261,7 @@ def predict_batch(
                 bars.update(task, advance=1, status=source.name)
 
         def finish(source: Path, target: Path, started: float, written: Future) -> None:
-            _finish_write(result, reporter, source, target, started, written)
+            _finish_write(result, reporter, source, target, started, written, options)
             advance(source)
 
         read = reader.submit if overlap else _now
@@ -266,13 +274,17 @@ def predict_batch(
                 upcoming = read(_read, todo[index + 1][0])
             try:
                 scan = reading.result()
+                _check_orientation(scan, None, options, reporter)
                 labels = segment_scan(scan, segmenter)
+                labels, removed = postprocess(labels, scan.info.voxel_ml, cleanup, classes)
+                _check_orientation(scan, labels, options, reporter)
             except Exception as err:
                 _record_failure(result, reporter, source, err)
                 advance(source)
             else:
+                made = Made(labels, segmenter.take_agreement(), removed, cleanup)
                 writes.append(
-                    (source, target, started, write(_write_outputs, scan, labels, target, options, classes))
+                    (source, target, started, write(_write_outputs, scan, made, target, options, classes))
                 )
             for note in segmenter.notes:
                 reporter.warn(note)
@@ -303,17 +315,49 @@ def _read(source) -> Scan:
     return read_scan(source)
 
 
-def _write_outputs(scan: Scan, labels, target: Path, options: PredictOptions, classes: int) -> None:
+@dataclass
+class Made:
+    """A scan's label map and how it was made: the TTA agreement per class and the voxels post-processing
+    removed per class."""
+
+    labels: object
+    agreement: dict[int, float] | None
+    removed: dict[int, int]
+    cleanup: PostProcessing
+
+
+def _check_orientation(scan: Scan, labels, options: PredictOptions, reporter: Reporter) -> None:
+    """Say when the scan's orientation looks wrong: before inference from the body and spine (`labels` is
+    None), after it from the organs. With --strict-orientation the scan is refused."""
+    if labels is None:
+        problems = orientation_before_inference(scan.image, scan.affine)
+    else:
+        problems = orientation_after_inference(labels, scan.affine, scan.image)
+    if problems and options.strict_orientation:
+        raise InputError(scan.path, f"{problems[0]}; refused (--strict-orientation)")
+    for problem in problems:
+        reporter.warn(f"{scan.path}: {problem}")
+
+
+def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions, classes: int):
     """The sidecars first and the label map last: a label map on disk means its unit is complete. A new
     output is created only if no other process made it meanwhile; an existing one is replaced only when the
-    user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing)."""
+    user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing). Returns the
+    plausibility report when one was asked for."""
     replace = options.overwrite or target.exists()
-    write_label_sidecars(target, classes, {"source": str(scan.path), **options.provenance})
-    if options.stats:
-        write_statistics(target, organ_statistics(labels, scan.image, scan.affine, classes))
+    provenance = {"source": str(scan.path), **options.provenance}
+    if made.cleanup:
+        removed = {str(k): v for k, v in made.removed.items()}
+        provenance["postprocessing"] = {"steps": made.cleanup.describe(), "voxels_removed": removed}
+    write_label_sidecars(target, classes, provenance)
+    report = None
+    if options.report:
+        report = assess(made.labels, scan.affine, classes, scan.image, made.agreement)
+        write_report(output_stem(target), report, str(scan.path))
     if options.preview:
-        write_preview(target, scan.image, labels, scan.affine, classes, title=scan.path.name)
-    save_label_map(labels, scan, target, options.output_format, classes, options.provenance, replace)
+        write_preview(target, scan.image, made.labels, scan.affine, classes, title=scan.path.name)
+    save_label_map(made.labels, scan, target, options.output_format, classes, options.provenance, replace)
+    return report
 
 
 def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict, replace: bool):
@@ -334,9 +378,17 @@ def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, pro
         save_itk(labels, scan.affine, target, overwrite=replace)
 
 
-def _finish_write(result: BatchResult, reporter: Reporter, source: Path, target: Path, started, done) -> None:
+def _finish_write(
+    result: BatchResult,
+    reporter: Reporter,
+    source: Path,
+    target: Path,
+    started,
+    done,
+    options: PredictOptions,
+) -> None:
     try:
-        done.result()
+        report: ScanReport | None = done.result()
     except Exception as err:
         _record_failure(result, reporter, source, err, target)
         return
@@ -344,6 +396,19 @@ def _finish_write(result: BatchResult, reporter: Reporter, source: Path, target:
     seconds = time.monotonic() - started
     reporter.info(f"{source} -> {target} ({seconds:.1f} s)")
     reporter.event("predicted", input=str(source), output=str(target), seconds=round(seconds, 3))
+    if report is None:
+        return
+    line = report.summary(str(source))
+    (reporter.warn if report.has_flags else reporter.info)(line)
+    reporter.event(
+        "report",
+        input=str(source),
+        flagged=report.to_dict()["flagged"],
+        empty=report.empty,
+        orientation=report.orientation,
+    )
+    if report.has_flags and options.fail_on_flags:
+        result.flagged[source] = line
 
 
 def _record_failure(

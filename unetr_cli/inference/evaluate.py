@@ -19,6 +19,7 @@ import numpy as np
 from unetr_cli.console import Reporter, debugging
 from unetr_cli.errors import InputError, UsageError, failure_message
 from unetr_cli.files import write_text
+from unetr_cli.inference.postprocess import PostProcessing, postprocess
 from unetr_cli.inference.reports import output_stem
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import organ_metrics
@@ -33,6 +34,38 @@ class Case:
     truth: Path
     prediction: Path | None = None
     image: Path | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How cases are scored: the reference's rule for organs missing from the truth, distances (HD95 and
+    surface Dice at a tolerance), and post-processing to score beside the raw prediction."""
+
+    empty_as_zero: bool = False
+    with_distance: bool = True
+    surface_tolerance_mm: float = 2.0
+    cleanup: PostProcessing = PostProcessing()
+
+    def record(self, case: Case, pred: np.ndarray, truth: np.ndarray, spacing, num_classes: int) -> dict:
+        """The case's per-organ numbers; with post-processing, also those of the post-processed map."""
+        record = _case_record(case, self._rows(pred, truth, spacing, num_classes), num_classes)
+        if self.cleanup:
+            cleaned, _ = postprocess(pred, float(np.prod(spacing)) / 1000.0, self.cleanup, num_classes)
+            rows = self._rows(cleaned, truth, spacing, num_classes)
+            after = _case_record(case, rows, num_classes)
+            record["postprocessed"] = {"mean_dice": after["mean_dice"], "organs": after["organs"]}
+        return record
+
+    def _rows(self, pred, truth, spacing, num_classes: int) -> list[dict]:
+        return organ_metrics(
+            pred,
+            truth,
+            spacing,
+            num_classes,
+            self.empty_as_zero,
+            self.with_distance,
+            self.surface_tolerance_mm,
+        )
 
 
 @dataclass
@@ -127,7 +160,7 @@ def _checked_labels(path: Path, num_classes: int, role: str):
     return labels.astype(np.int64, copy=False), info
 
 
-def score_files(case: Case, num_classes: int, empty_as_zero: bool, with_distance: bool = True) -> dict:
+def score_files(case: Case, num_classes: int, scoring: Scoring) -> dict:
     """Score a prediction file against its truth on the truth's grid."""
     pred, pred_info = _checked_labels(case.prediction, num_classes, "prediction")
     truth, truth_info = _checked_labels(case.truth, num_classes, "truth")
@@ -140,11 +173,10 @@ def score_files(case: Case, num_classes: int, empty_as_zero: bool, with_distance
         raise InputError(
             case.prediction, f"affine differs from the truth's ({case.truth}): they are not on the same grid"
         )
-    rows = organ_metrics(pred, truth, truth_info.spacing, num_classes, empty_as_zero, with_distance)
-    return _case_record(case, rows, num_classes)
+    return scoring.record(case, pred, truth, truth_info.spacing, num_classes)
 
 
-def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_distance: bool = True) -> dict:
+def score_model(case: Case, segmenter, space: str, scoring: Scoring) -> dict:
     """Predict `case.image` with the shared inference code and score it in `space`."""
     settings = segmenter.settings
     classes = settings.model.out_channels
@@ -158,8 +190,7 @@ def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_dis
         sample = T.Compose(preprocessing(settings))({"image": str(case.image), "label": str(case.truth)})
         pred = segmenter.labels(sample["image"].as_tensor()[None]).numpy()
         truth = sample["label"].as_tensor()[0].numpy().round().astype(np.int64)
-        rows = organ_metrics(pred, truth, settings.data.spacing, classes, empty_as_zero, with_distance)
-        return _case_record(case, rows, classes)
+        return scoring.record(case, pred, truth, settings.data.spacing, classes)
     from unetr_cli.inference.scan import predict_scan
 
     truth, truth_info = _checked_labels(case.truth, classes, "truth")
@@ -168,8 +199,7 @@ def score_model(case: Case, segmenter, space: str, empty_as_zero: bool, with_dis
         prediction.scan.affine, truth_info.affine, atol=1e-3, rtol=1e-4
     ):
         raise InputError(case.truth, f"is not on its image's grid ({case.image})")
-    rows = organ_metrics(prediction.labels, truth, truth_info.spacing, classes, empty_as_zero, with_distance)
-    return _case_record(case, rows, classes)
+    return scoring.record(case, prediction.labels, truth, truth_info.spacing, classes)
 
 
 def _case_record(case: Case, rows: list[dict], num_classes: int) -> dict:
@@ -197,7 +227,9 @@ def run_cases(cases: list[Case], score, reporter: Reporter) -> Evaluation:
             try:
                 record = score(case)
                 evaluation.cases.append(record)
-                reporter.event("case", **{k: v for k, v in record.items() if k != "organs"})
+                reporter.event(
+                    "case", **{k: v for k, v in record.items() if k not in ("organs", "postprocessed")}
+                )
             except Exception as err:  # one case's failure, named; the others are scored
                 if debugging():
                     raise
@@ -210,49 +242,62 @@ def run_cases(cases: list[Case], score, reporter: Reporter) -> Evaluation:
 
 
 def summarise(evaluation: Evaluation) -> dict:
-    """Mean per organ over cases (ignoring n/a), mean over organs, and mean over cases."""
-    if not evaluation.cases:
+    """Mean per organ over cases (ignoring n/a), mean over organs, and mean over cases; the same for the
+    post-processed maps under "postprocessed" when they were scored."""
+    summary = _summarise(evaluation.cases)
+    if evaluation.cases and "postprocessed" in evaluation.cases[0]:
+        summary["postprocessed"] = _summarise([case["postprocessed"] for case in evaluation.cases])
+    return summary
+
+
+def _summarise(cases: list[dict]) -> dict:
+    if not cases:
         return {"organs": {}, "mean_dice": None, "cases": 0}
-    organs = list(evaluation.cases[0]["organs"])
     summary = {}
-    for organ in organs:
+    for organ in cases[0]["organs"]:
         values = {
-            key: [c["organs"][organ][key] for c in evaluation.cases if c["organs"][organ][key] is not None]
-            for key in ("dice", "hd95_mm", "volume_diff_ml")
+            key: [c["organs"][organ][key] for c in cases if c["organs"][organ][key] is not None]
+            for key in METRICS
         }
         summary[organ] = {key: (float(np.mean(v)) if v else None) for key, v in values.items()}
         summary[organ]["cases"] = len(values["dice"])
     organ_means = [s["dice"] for s in summary.values() if s["dice"] is not None]
-    case_means = [c["mean_dice"] for c in evaluation.cases if c["mean_dice"] is not None]
+    case_means = [c["mean_dice"] for c in cases if c["mean_dice"] is not None]
     return {
         "organs": summary,
         "mean_dice": float(np.mean(organ_means)) if organ_means else None,
         "mean_case_dice": float(np.mean(case_means)) if case_means else None,
-        "cases": len(evaluation.cases),
+        "cases": len(cases),
     }
 
 
-def results_table(summary: dict, title: str):
+METRICS = ("dice", "hd95_mm", "surface_dice", "volume_diff_ml")
+
+
+def results_table(summary: dict, title: str, tolerance_mm: float):
+    """Per organ: Dice, HD95, surface Dice, volume difference; with post-processing, Dice and HD95 after
+    it."""
     from rich.table import Table
 
+    after = summary.get("postprocessed")
     table = Table(title=f"{title}: {summary['cases']} case(s)", title_justify="left")
-    for column, justify in (
-        ("organ", "left"),
-        ("Dice", "right"),
-        ("HD95 mm", "right"),
-        ("vol. diff ml", "right"),
-        ("cases", "right"),
-    ):
-        table.add_column(column, justify=justify)
+    columns = ["organ", "Dice", "HD95 mm", f"NSD {tolerance_mm:g} mm", "vol. diff ml"]
+    columns += ["Dice post", "HD95 post"] if after else []
+    for column in [*columns, "cases"]:
+        table.add_column(column, justify="left" if column == "organ" else "right")
     for organ, values in summary["organs"].items():
-        table.add_row(
-            organ,
+        cells = [
             _fmt(values["dice"], 3),
             _fmt(values["hd95_mm"], 1),
+            _fmt(values["surface_dice"], 3),
             _fmt(values["volume_diff_ml"], 1),
-            str(values["cases"]),
-        )
-    table.add_row("[bold]mean over organs[/]", f"[bold]{_fmt(summary['mean_dice'], 3)}[/]", "", "", "")
+        ]
+        if after:
+            cells += [_fmt(after["organs"][organ]["dice"], 3), _fmt(after["organs"][organ]["hd95_mm"], 1)]
+        table.add_row(organ, *cells, str(values["cases"]))
+    means = [f"[bold]{_fmt(summary['mean_dice'], 3)}[/]", "", "", ""]
+    means += [f"[bold]{_fmt(after['mean_dice'], 3)}[/]", ""] if after else []
+    table.add_row("[bold]mean over organs[/]", *means, "")
     return table
 
 
@@ -278,20 +323,14 @@ def write_results(
     if csv_path is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(
-            ["case", "organ", "dice", "hd95_mm", "volume_pred_ml", "volume_true_ml", "volume_diff_ml"]
-        )
+        columns = ["dice", "hd95_mm", "surface_dice", "volume_pred_ml", "volume_true_ml", "volume_diff_ml"]
+        after = bool(evaluation.cases) and "postprocessed" in evaluation.cases[0]
+        post_columns = ["dice", "hd95_mm", "surface_dice"] if after else []
+        writer.writerow(["case", "organ", *columns, *(f"{c}_postprocessed" for c in post_columns)])
         for case in evaluation.cases:
             for organ, m in case["organs"].items():
+                post = case["postprocessed"]["organs"][organ] if after else {}
                 writer.writerow(
-                    [
-                        case["case"],
-                        organ,
-                        m["dice"],
-                        m["hd95_mm"],
-                        m["volume_pred_ml"],
-                        m["volume_true_ml"],
-                        m["volume_diff_ml"],
-                    ]
+                    [case["case"], organ, *(m[c] for c in columns), *(post[c] for c in post_columns)]
                 )
         write_text(csv_path, buffer.getvalue())

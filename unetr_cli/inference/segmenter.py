@@ -32,22 +32,32 @@ class Segmenter:
             self.model.to(memory_format=torch.channels_last_3d)
         self.aggregate_on_cpu = False
         self.notes: list[str] = []
+        self.agreement: dict[int, float] | None = None  # of the last TTA prediction, per class present
+
+    def take_agreement(self) -> dict[int, float] | None:
+        """The last TTA prediction's per-class agreement (`flip_agreement`), cleared for the next scan."""
+        agreement, self.agreement = self.agreement, None
+        return agreement
 
     @torch.no_grad()
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (1, C, X, Y, Z) for a (1, 1, X, Y, Z) image, averaged over flips with TTA."""
         flips = _tta_flips() if self.settings.inference.tta else [()]
-        total = None
+        total, flip_labels = None, []
         for dims in flips:
             view = torch.flip(image, dims) if dims else image
             out = self._sliding_window(view)
             out = torch.flip(out, dims) if dims else out
+            if len(flips) > 1:
+                flip_labels.append(torch.argmax(out[0], dim=0).to(torch.uint8))
             total = out if total is None else total.add_(out)
         if not bool(torch.isfinite(total).all()):  # never a background map made of NaN scores
             raise UnetrError(
                 "the model's output holds NaN or infinite values: its weights or this input are broken "
                 "(with AMP, try --no-amp)"
             )
+        if flip_labels:
+            self.agreement = flip_agreement(flip_labels, torch.argmax(total[0], dim=0), total.shape[1])
         return total / len(flips) if len(flips) > 1 else total
 
     @torch.no_grad()
@@ -102,6 +112,21 @@ class Segmenter:
         """Remember a fallback to report once (the batch prints and clears the notes after each scan)."""
         if message not in self.notes:
             self.notes.append(message)
+
+
+def flip_agreement(
+    flip_labels: list[torch.Tensor], labels: torch.Tensor, num_classes: int
+) -> dict[int, float]:
+    """Per class present in `labels`: the mean over flips of the Dice between that flip's own label map and
+    the averaged one (1.0: every flip agrees)."""
+    scores = torch.zeros(num_classes, dtype=torch.float64)
+    reference = labels.to(torch.int64).ravel() * num_classes
+    for flipped in flip_labels:
+        joint = torch.bincount(reference + flipped.ravel(), minlength=num_classes * num_classes)
+        confusion = joint.reshape(num_classes, num_classes).cpu().to(torch.float64)
+        scores += 2 * confusion.diag() / (confusion.sum(0) + confusion.sum(1)).clamp(min=1)
+    present = torch.bincount(labels.ravel().to(torch.int64), minlength=num_classes).cpu() > 0
+    return {k: float(scores[k] / len(flip_labels)) for k in range(1, num_classes) if present[k]}
 
 
 def _tta_flips() -> list[tuple[int, ...]]:

@@ -72,6 +72,7 @@ def predict_on_processes(job: PredictJob, launch: Launch, processes: int) -> Bat
             merged.written += [Path(p) for p in values["written"]]
             merged.skipped += [Path(p) for p in values["skipped"]]
             merged.failed.update({Path(k): v for k, v in values["failed"].items()})
+            merged.flagged.update({Path(k): v for k, v in values["flagged"].items()})
     return merged
 
 
@@ -101,6 +102,7 @@ def run_share(job: PredictJob, job_file: Path) -> None:
         "written": [str(p) for p in result.written],
         "skipped": [str(p) for p in result.skipped],
         "failed": {str(k): v for k, v in result.failed.items()},
+        "flagged": {str(k): v for k, v in result.flagged.items()},
     }
     write_text(job_file.with_name(f"rank-{env.rank}.json"), json.dumps(outcome))
 

@@ -78,11 +78,10 @@ def run_demo(
 
     reporter.info("[bold]4/4[/] segmenting a held-out scan in its own space", markup=True)
     predicted = _predict(segmenter, checkpoint, scan_path, held_out / "scan_seg.nii.gz")
-    from unetr_cli.inference.evaluate import Case, score_files
+    from unetr_cli.inference.evaluate import Case, Scoring, score_files
 
-    held_out_dice = score_files(Case("held-out", held_out / "truth.nii.gz", predicted), 14, False, False)[
-        "mean_dice"
-    ]
+    held_out_case = Case("held-out", held_out / "truth.nii.gz", predicted)
+    held_out_dice = score_files(held_out_case, 14, Scoring(with_distance=False))["mean_dice"]
     artefacts = {
         "dataset": data / "dataset_0.json",
         "checkpoint": checkpoint,
@@ -90,7 +89,7 @@ def run_demo(
         "metrics log": run_path / "metrics.jsonl",
         "evaluation": out / "evaluation.json",
         "segmentation": predicted,
-        "organ statistics": held_out / "scan_seg_stats.csv",
+        "organ report": held_out / "scan_seg_stats.csv",
         "preview": held_out / "scan_seg_preview.png",
     }
     return DemoResult(
@@ -105,7 +104,7 @@ def _evaluate(segmenter, checkpoint: Path, reporter: Reporter, output: Path):
     settings = segmenter.settings
     cases = ev.datalist_cases(read_datalist(settings.data.data_dir, settings.data.json_list).validation, None)
     evaluation = ev.run_cases(
-        cases, lambda case: ev.score_model(case, segmenter, "original", False), reporter
+        cases, lambda case: ev.score_model(case, segmenter, "original", ev.Scoring()), reporter
     )
     summary = ev.summarise(evaluation)
     ev.write_results(
@@ -116,7 +115,7 @@ def _evaluate(segmenter, checkpoint: Path, reporter: Reporter, output: Path):
         None,
     )
     if reporter.mode != "json":
-        stdout.print(ev.results_table(summary, "held-out phantoms"))
+        stdout.print(ev.results_table(summary, "held-out phantoms", ev.Scoring().surface_tolerance_mm))
     return summary["mean_dice"] or 0.0
 
 
@@ -124,7 +123,7 @@ def _predict(segmenter, checkpoint: Path, scan: Path, output: Path) -> Path:
     from unetr_cli.inference.batch import PredictOptions, predict_batch
 
     options = PredictOptions(
-        stats=True,
+        report=True,
         preview=True,
         overwrite=True,
         provenance={"checkpoint": str(checkpoint), "settings": segmenter.settings.to_dict()},
