@@ -1,0 +1,247 @@
+"""The plausibility report: flags a reader acts on, orientation checks, post-processing, bad label maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import invoke, write_scan
+from unetr_cli.inference.plausibility import assess
+from unetr_cli.inference.postprocess import PostProcessing, postprocess
+from unetr_cli.inference.segmenter import flip_agreement
+from unetr_cli.phantoms import make_phantom
+
+SHAPE = (96, 96, 48)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A phantom whose true label map raises no flag (checked by the first test)."""
+    return make_phantom(1, SHAPE)
+
+
+def mirrored(affine: np.ndarray, axis: int) -> np.ndarray:
+    """The affine of a header that has the patient's `axis` (0 left/right, 1 front/back, 2 up/down) backwards:
+    the same voxels, their world positions mirrored."""
+    flip = np.eye(4)
+    flip[axis, axis] = -1.0
+    return flip @ affine
+
+
+def save_pair(folder: Path, image, labels, affine) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    scan = write_scan(folder / "ct.nii.gz", image, affine)
+    seg = folder / "ct_seg.nii.gz"
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), seg)
+    return scan, seg
+
+
+def organ(report, name: str):
+    return next(o for o in report.organs if o.organ == name)
+
+
+def test_true_labels_of_a_normal_phantom_raise_no_flag(phantom):
+    report = assess(phantom.label, phantom.affine, 14, phantom.image)
+    assert not report.has_flags and report.orientation == [] and report.notes == []
+    assert report.contrast_phase == "contrast"  # the phantoms are portal-venous
+    kidney = organ(report, "right kidney")
+    assert kidney.expected_side_share == 1.0 and kidney.fragments == 1 and kidney.edge_voxels == 0
+    assert report.summary("case") == "case: no organ flagged (13 present)"
+
+
+def test_left_right_flipped_header_flags_lateral_organs_and_orientation(phantom, tmp_path):
+    scan, seg = save_pair(tmp_path, phantom.image, phantom.label, mirrored(phantom.affine, 0))
+    result = invoke("report", str(seg), "--scan", str(scan), "--fail-on-flags")
+    assert result.exit_code == 1, result.output
+    assert "left/right looks reversed: the liver and spleen lie on the wrong side" in result.output
+    stats = json.loads((tmp_path / "ct_seg_stats.json").read_text())
+    flagged = {row["organ"]: row for row in stats["organs"] if "lateral" in row["flags"]}
+    assert {
+        "right kidney",
+        "left kidney",
+        "right adrenal gland",
+        "left adrenal gland",
+        "liver",
+        "spleen",
+    } <= set(flagged)
+    assert flagged["right kidney"]["expected_side_share"] == 0.0
+    # the same files with the header put right: no flag, exit 0
+    scan, seg = save_pair(tmp_path / "right", phantom.image, phantom.label, phantom.affine)
+    result = invoke("report", str(seg), "--scan", str(scan), "--fail-on-flags")
+    assert result.exit_code == 0 and "no organ flagged" in result.output
+
+
+@pytest.mark.parametrize(
+    ("axis", "message"),
+    [(1, "front/back looks reversed: the spine lies"), (2, "up/down looks reversed: the liver lies below")],
+)
+def test_front_back_and_up_down_flips_are_named(phantom, axis, message):
+    report = assess(phantom.label, mirrored(phantom.affine, axis), 14, phantom.image)
+    assert len(report.orientation) == 1 and report.orientation[0].startswith(message)
+    assert report.has_flags
+
+
+def test_organ_cut_by_the_field_of_view(phantom):
+    liver = np.argwhere(phantom.label == 6)
+    middle = int(np.median(liver[:, 2]))  # a scan that stops halfway through the liver
+    cut = assess(phantom.label[:, :, :middle], phantom.affine, 14, phantom.image[:, :, :middle])
+    whole = organ(assess(phantom.label, phantom.affine, 14, phantom.image), "liver")
+    liver_cut = organ(cut, "liver")
+    assert "cut" in liver_cut.flags and liver_cut.edge_voxels > 0
+    assert liver_cut.volume_ml < whole.volume_ml  # a lower bound, said so
+    assert "volume" not in liver_cut.flags  # a cut organ is not called too small
+    assert "liver (cut: volume >= " in cut.summary("case")
+    assert organ(cut, "aorta").flags == []  # it crosses every abdominal scan's ends
+
+
+def test_planted_fragments_are_flagged_and_keep_largest_removes_them(phantom):
+    labels = phantom.label.copy()
+    spleen = np.argwhere(labels == 1)
+    low, high = spleen.min(axis=0), spleen.max(axis=0)
+    piece = labels[low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : low[2] + 4] == 1
+    labels[-piece.shape[0] - 1 : -1, -piece.shape[1] - 1 : -1, -5:-1][piece] = 1  # far from the spleen
+    spleen_report = organ(assess(labels, phantom.affine, 14, phantom.image), "spleen")
+    assert "fragments" in spleen_report.flags and spleen_report.fragments == 2
+
+    voxel_ml = abs(np.linalg.det(phantom.affine[:3, :3])) / 1000
+    cleaned, removed = postprocess(labels, voxel_ml, PostProcessing(keep_largest=True), 14)
+    assert np.array_equal(cleaned, phantom.label) and removed == {1: int(piece.sum())}
+    assert organ(assess(cleaned, phantom.affine, 14, phantom.image), "spleen").flags == []
+    # --min-size removes the small piece of any organ, and nothing of the real ones
+    cleaned, _ = postprocess(labels, voxel_ml, PostProcessing(min_size_ml=1.1 * piece.sum() * voxel_ml), 14)
+    assert np.array_equal(cleaned == 1, phantom.label == 1)
+
+
+def test_volume_and_hu_out_of_range(phantom):
+    labels, image = phantom.label.copy(), phantom.image.copy()
+    image[labels == 6] = 900  # a liver as dense as bone
+    labels[labels == 1] = 0
+    labels[40:42, 40:42, 20:22][labels[40:42, 40:42, 20:22] == 0] = 1  # a spleen of a few voxels
+    report = assess(labels, phantom.affine, 14, image)
+    assert "hu" in organ(report, "liver").flags and organ(report, "liver").hu_range == (20, 220)
+    assert "volume" in organ(report, "spleen").flags
+
+
+def test_tta_agreement_per_organ():
+    labels = torch.zeros(20, 20, 20, dtype=torch.uint8)
+    labels[2:10, 2:10, 2:10] = 1
+    labels[12:16, 12:16, 12:16] = 2
+    shifted = labels.clone()
+    shifted[12:16] = 0
+    shifted[14:18, 12:16, 12:16] = 2  # half of organ 2 moved
+    agreement = flip_agreement([labels, shifted], labels, 3)
+    assert agreement[1] == pytest.approx(1.0)
+    assert agreement[2] == pytest.approx((1.0 + 0.5) / 2)
+    report = assess(labels.numpy(), np.diag([10.0, 10.0, 10.0, 1.0]), 3, agreement=agreement)
+    assert report.organs[1].flags == ["uncertain"] and report.organs[0].flags == []
+
+
+@pytest.mark.parametrize(
+    ("labels", "image", "note"),
+    [
+        ("unknown", "ct", "label ids [20] are not BTCV organs: not judged"),
+        ("empty", "ct", None),
+        ("true", "air", "no body found (no voxels above -500 HU)"),
+        ("true", None, "no scan given: mean HU and the body's midline not judged"),
+    ],
+)
+def test_what_cannot_be_judged_is_said_not_crashed(phantom, tmp_path, labels, image, note):
+    label_map = {
+        "unknown": np.where(phantom.label == 5, 20, phantom.label),
+        "empty": np.zeros_like(phantom.label),
+        "true": phantom.label,
+    }[labels]
+    ct = np.full_like(phantom.image, -1000) if image == "air" else phantom.image
+    scan, seg = save_pair(tmp_path, ct, label_map, phantom.affine)
+    args = ["report", str(seg), *(["--scan", str(scan)] if image else []), "--json"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    event = next(e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "report")
+    assert any(note in line for line in event["notes"]) if note else event["empty"]
+    assert len(event["organs"]) == 13
+    summary = invoke(*args[:-1], "--overwrite")
+    assert summary.exit_code == 0 and "Traceback" not in summary.output
+    if labels == "empty":
+        assert "no organ labelled: nothing to judge" in summary.output
+
+
+def test_predict_refuses_a_front_back_flipped_scan_with_strict_orientation(trained_run, phantom, tmp_path):
+    flipped = write_scan(tmp_path / "flipped.nii.gz", phantom.image, mirrored(phantom.affine, 1))
+    normal = write_scan(tmp_path / "normal.nii.gz", phantom.image, phantom.affine)
+    checkpoint = str(trained_run / "checkpoint_final.pt")
+    out = tmp_path / "out"
+    common = ["--checkpoint", checkpoint, "--device", "cpu", "-o", str(out)]
+    warned = invoke("predict", str(flipped), *common, "-q")
+    assert warned.exit_code == 0 and "front/back looks reversed" in warned.output
+    strict = invoke(
+        "predict", str(flipped), str(normal), *common, "--strict-orientation", "--overwrite", "-q"
+    )
+    assert strict.exit_code == 1
+    assert (
+        "flipped.nii.gz: front/back looks reversed" in strict.output
+        and "--strict-orientation" in strict.output
+    )
+    assert (out / "normal_seg.nii.gz").is_file()  # the batch went on
+
+
+def test_predict_report_and_fail_on_flags(trained_run, phantom, tmp_path):
+    scan = write_scan(
+        tmp_path / "ct.nii.gz", phantom.image, mirrored(phantom.affine, 1)
+    )  # front/back flipped
+    out = tmp_path / "seg.nii.gz"
+    common = [
+        str(scan),
+        "--checkpoint",
+        str(trained_run / "checkpoint_final.pt"),
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+    ]
+    result = invoke("predict", *common, "--report", "--tta", "--keep-largest", "--json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "seg_stats.json").read_text())
+    labels = np.asanyarray(nib.load(out).dataobj)
+    present = [row for row in stats["organs"] if row["voxels"]]
+    assert present and all(row["agreement"] is not None for row in present)  # --tta measured agreement
+    assert all(row["fragments"] in (None, 1) for row in present)  # --keep-largest left one piece each
+    assert {row["label"] for row in present} == set(np.unique(labels)) - {0}
+    sidecar = json.loads((tmp_path / "seg.json").read_text())
+    assert sidecar["postprocessing"]["steps"] == "largest component per one-piece organ"
+    report = next(e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "report")
+    assert report["flagged"] == stats["flagged"] and report["orientation"] == stats["orientation"]
+    assert stats["orientation"][0].startswith("front/back looks reversed")
+    # a flagged scan: --fail-on-flags turns that into exit 1, its outputs written
+    failed = invoke("predict", *common, "--fail-on-flags", "--overwrite", "-q")
+    assert failed.exit_code == 1 and "flagged (--fail-on-flags)" in failed.output and out.is_file()
+
+
+def test_evaluate_scores_with_and_without_postprocessing_and_surface_dice(phantom, tmp_path):
+    truth_dir, pred_dir = tmp_path / "truth", tmp_path / "pred"
+    truth_dir.mkdir()
+    pred_dir.mkdir()
+    noisy = phantom.label.copy()
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # specks of liver label scattered through the background
+        x, y, z = rng.integers(0, 90, 2).tolist() + [int(rng.integers(0, 44))]
+        box = (slice(x, x + 3), slice(y, y + 3), slice(z, z + 3))
+        noisy[box][phantom.label[box] == 0] = 6
+    nib.save(nib.Nifti1Image(phantom.label, phantom.affine), truth_dir / "case.nii.gz")
+    nib.save(nib.Nifti1Image(noisy, phantom.affine), pred_dir / "case_seg.nii.gz")
+    output = tmp_path / "scores.json"
+    args = ["evaluate", "--pred-dir", str(pred_dir), "--gt-dir", str(truth_dir), "--output", str(output)]
+    result = invoke(*args, "--keep-largest", "--surface-tolerance", "1")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(output.read_text())
+    raw, after = scores["summary"]["organs"]["liver"], scores["summary"]["postprocessed"]["organs"]["liver"]
+    assert raw["dice"] < 1.0 and raw["surface_dice"] < 1.0
+    assert after["dice"] > raw["dice"] and after["hd95_mm"] < raw["hd95_mm"]
+    assert scores["summary"]["organs"]["spleen"]["surface_dice"] == pytest.approx(1.0)
+    header = " ".join(result.output.split())  # the table may wrap its column names
+    assert "post" in header and "NSD" in header
+    assert scores["postprocessing"] == "largest component per one-piece organ"
