@@ -312,3 +312,22 @@ def test_time_budget_stops_after_one_epoch(tiny_dataset, tmp_path, time_budget):
     assert result.epochs_done == 1
     assert result.history[-1]["mean_dice"] is not None  # the last epoch of a run always validates
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize("expected_minutes, warned", [(1e-4, True), (1e3, False)])
+def test_first_epoch_tells_the_pace_and_warns_up_front_when_far_slower_than_expected(
+    tiny_dataset, tmp_path, capsys, expected_minutes, warned
+):
+    from unetr_cli.console import Reporter
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.engine import RunOptions, fit
+    from unetr_cli.training.rundir import RunDir
+
+    settings = resolve_settings(
+        SettingsSources(preset="tiny-cpu"),
+        {"data.data_dir": tiny_dataset, "runtime.seed": 0, "optimisation.max_epochs": 2},
+    )
+    fit(settings, RunDir(tmp_path / "run"), Reporter("rich"), RunOptions(expected_minutes=expected_minutes))
+    output = capsys.readouterr()
+    assert "s per step; about" in output.out + output.err
+    assert ("trains slower than expected" in output.err) is warned

@@ -301,7 +301,7 @@ def _organs(patient: _Patient, z_range: tuple[float, float]) -> dict[int, Shape]
     s, blob, tube = patient.s, patient.blob, patient.tube
     z_lo, z_hi = z_range
     kidney_rot = {2: rotation("y", -12) @ rotation("z", 20), 3: rotation("y", 12) @ rotation("z", -20)}
-    return {
+    organs = {
         6: Shape(
             [blob((62, 0, 60), (72, 78, 70)), blob((-8, 30, 78), (58, 36, 42), rotation=rotation("z", -10))],
             [blob((40, 30, 18), (22, 22, 30))],  # gallbladder fossa
@@ -342,3 +342,11 @@ def _organs(patient: _Patient, z_range: tuple[float, float]) -> dict[int, Shape]
             1.5,
         ),
     }
+    organs[6].exclude.append(_fat_pad(organs[12].include[0]))
+    return organs
+
+
+def _fat_pad(adrenal: Blob, margin_mm: float = 6.0) -> Blob:
+    """The fat around the right adrenal gland, carved out of the liver: the gland lies in retroperitoneal fat
+    behind the liver, not inside it (drawn after the liver, it used to sit in the liver as a faint spot)."""
+    return Blob(adrenal.center, adrenal.radii + margin_mm, adrenal.warp, adrenal.rotation)

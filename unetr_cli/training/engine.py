@@ -54,6 +54,8 @@ from unetr_cli.training.schedule import learning_rate, step_position
 from unetr_cli.training.state import LoopState, check_resumable, restore_training_state, save_training_state
 from unetr_cli.training.stopping import StopRequest, StopSignal, ignoring_signals, stop_on_signals
 
+SLOW_FACTOR = 1.5  # training projected this much longer than expected is worth a warning
+
 
 @dataclass
 class RunOptions:
@@ -63,6 +65,7 @@ class RunOptions:
     overwrite: bool = False
     stop_after_epochs: int | None = None
     time_budget_s: float | None = None
+    expected_minutes: float | None = None  # the training time the caller expects; far beyond it: a warning
 
 
 @dataclass
@@ -158,6 +161,8 @@ def fit(
                     ):
                         last_dice = _validate_and_checkpoint(training, record)
                     _log_epoch(training, record, bars)
+                    if epoch == first_epoch and not last_epoch:
+                        _report_pace(training, record, max_epochs - epoch - 1)
                     if last_epoch:
                         break
         except (KeyboardInterrupt, StopSignal) as stopped:
@@ -344,6 +349,24 @@ def _last_epoch_of_run(
         return True
     over_budget = options.time_budget_s is not None and time.monotonic() - started >= options.time_budget_s
     return bool(distributed.broadcast_object(over_budget))
+
+
+def _report_pace(training: _Training, record: dict, epochs_left: int) -> None:
+    """After the first epoch: the measured pace and how long the remaining epochs will take; a warning up
+    front when that is far beyond what the caller expected (a slower or busier machine)."""
+    step_s = record["seconds"] / max(1, len(training.loader))
+    minutes = epochs_left * record["seconds"] / 60.0
+    training.reporter.info(
+        f"pace: {step_s:.2f} s per step; about {minutes:.1f} more minutes for {epochs_left} epochs "
+        "(validation not included)"
+    )
+    training.reporter.event("pace", step_s=step_s, minutes_left=minutes, epochs_left=epochs_left)
+    expected, total = training.options.expected_minutes, minutes + record["seconds"] / 60.0
+    if expected is not None and total > SLOW_FACTOR * expected:
+        training.reporter.warn(
+            f"this machine trains slower than expected: about {total:.1f} minutes of training instead of "
+            f"about {expected:g} ({step_s:.2f} s per step); the result will be the same, only later"
+        )
 
 
 # --- validation, checkpoints, logs ------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""What a training recipe learns, per organ: train a preset (with optional `--set` changes) for its fixed
+number of epochs on the `unetr demo` dataset, then score it with `unetr evaluate` on the demo's held-out
+phantoms and on a second, differently generated set (other seeds, grid sizes, spacings and storage orders,
+some oblique), which is never used while training or choosing.
+
+    python benchmarks/bench_learning.py --name demo                       # the demo preset as shipped
+    python benchmarks/bench_learning.py --name lr3 --set optimisation.lr=3e-3
+    python benchmarks/bench_learning.py --name tiny20 --preset tiny-cpu --minutes 20
+
+Writes results/learning_NAME.json: per-organ Dice on both sets, the per-organ validation Dice curve of the
+run (metrics.jsonl) and the training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common import DATA, run_measured, write_result
+
+SECOND_SET = [  # (seed, shape, orientation, oblique degrees): unlike the demo's 128x128x64 LPS/RAS/LAS grids
+    (900_001, (160, 160, 80), "RAS", 0.0),
+    (900_002, (112, 112, 48), "LPS", 0.0),
+    (900_003, (144, 144, 56), "LAS", 0.0),
+    (900_004, (128, 128, 96), "PIL", 0.0),
+    (900_005, (176, 176, 64), "LPS", 8.0),
+    (900_006, (96, 96, 72), "RAS", 0.0),
+    (900_007, (136, 136, 60), "LPI", 0.0),
+    (900_008, (152, 152, 88), "LPS", 12.0),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--name", required=True, help="result name: results/learning_NAME.json")
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--set", action="append", default=[], help="GROUP.FIELD=VALUE, as `unetr train -s`")
+    parser.add_argument("--minutes", type=float, default=None, help="cap on the training time")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    demo_data, second = demo_dataset(), second_dataset()
+    run = DATA / "learning" / args.name
+    command = [
+        sys.executable,
+        "-m",
+        "unetr_cli",
+        "train",
+        "--preset",
+        args.preset,
+        "--data-dir",
+        str(demo_data),
+        "--logdir",
+        str(run),
+        "--seed",
+        str(args.seed),
+        "--overwrite",
+        "--json",
+    ]
+    command += [item for assignment in args.set for item in ("-s", assignment)]
+    if args.minutes is not None:
+        command += ["-s", f"optimisation.max_epochs={10_000}"]
+    trained = _train(command, args.minutes)
+    checkpoint = run / "checkpoint_latest.pt"
+    scores = {
+        name: _evaluate(data, checkpoint, run / f"evaluation_{name}.json")
+        for name, data in (("demo_held_out", demo_data), ("second_set", second))
+    }
+    curves = [
+        {"epoch": r["epoch"], "mean_dice": r["mean_dice"], "dice": r["dice"]}
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "mean_dice" in r
+    ]
+    path = write_result(
+        f"learning_{args.name}",
+        {"preset": args.preset, "set": args.set, "seed": args.seed, **trained, **scores, "curves": curves},
+    )
+    for name, score in scores.items():
+        low = min(score["organs"].items(), key=lambda item: item[1])
+        print(f"{name}: mean organ Dice {score['mean_dice']:.3f}, lowest {low[0]} {low[1]:.3f}")
+    print(f"{trained['epochs']} epochs, {trained['training_minutes']:.1f} training minutes -> {path}")
+
+
+def _train(command: list[str], minutes: float | None) -> dict:
+    """Run `unetr train`, optionally stopped after `minutes` (SIGTERM: the run saves and ends cleanly)."""
+    import signal
+    import subprocess
+    import time
+
+    started = time.monotonic()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = child.communicate(timeout=minutes * 60.0 if minutes is not None else None)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGTERM)
+        stdout, stderr = child.communicate()
+    if child.returncode not in (0, 128 + signal.SIGTERM, -signal.SIGTERM, 1) or "Traceback" in stderr:
+        raise RuntimeError(f"training failed ({child.returncode}):\n{stderr[-3000:]}")
+    epochs = [json.loads(line) for line in stdout.splitlines() if '"event": "epoch"' in line]
+    return {"epochs": len(epochs), "training_minutes": (time.monotonic() - started) / 60.0}
+
+
+def _evaluate(data: Path, checkpoint: Path, output: Path) -> dict:
+    """`unetr evaluate` of the validation list of `data` on the scans' own grids: per-organ Dice."""
+    command = [
+        sys.executable,
+        "-m",
+        "unetr_cli",
+        "evaluate",
+        "--data-dir",
+        str(data),
+        "--checkpoint",
+        str(checkpoint),
+        "--no-hd95",
+        "--output",
+        str(output),
+        "-q",
+    ]
+    run_measured(command)
+    summary = json.loads(output.read_text())["summary"]
+    return {
+        "mean_dice": summary["mean_dice"],
+        "organs": {organ: values["dice"] for organ, values in summary["organs"].items()},
+        "cases": summary["cases"],
+    }
+
+
+def demo_dataset() -> Path:
+    """The dataset `unetr demo` trains on (its seed 0, cached)."""
+    from unetr_cli.phantoms.demo import DEMO_CASES, DEMO_SHAPE, DEMO_VALIDATION_FRACTION
+    from unetr_cli.phantoms.generator import write_dataset
+
+    folder = DATA / "learning" / "demo_dataset"
+    if not (folder / "dataset_0.json").exists():
+        write_dataset(
+            folder,
+            DEMO_CASES,
+            seed=0,
+            shape=DEMO_SHAPE,
+            validation_fraction=DEMO_VALIDATION_FRACTION,
+            workers=2,
+        )
+    return folder
+
+
+def second_dataset() -> Path:
+    """`SECOND_SET`, every case in the validation list (cached)."""
+    from unetr_cli.files import write_text
+    from unetr_cli.phantoms.generator import make_phantom
+    from unetr_cli.volumes import save_nifti
+
+    folder = DATA / "learning" / "second_set"
+    if not (folder / "dataset_0.json").exists():
+        entries = []
+        for seed, shape, orientation, oblique in SECOND_SET:
+            phantom = make_phantom(seed, shape, orientation=orientation, oblique_degrees=oblique)
+            image = save_nifti(phantom.image, phantom.affine, folder / f"img{seed}.nii.gz")
+            label = save_nifti(phantom.label, phantom.affine, folder / f"label{seed}.nii.gz")
+            entries.append({"image": image.name, "label": label.name})
+        write_text(folder / "dataset_0.json", json.dumps({"training": [], "validation": entries}, indent=2))
+    return folder
+
+
+if __name__ == "__main__":
+    main()
