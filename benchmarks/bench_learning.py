@@ -5,7 +5,7 @@ some oblique), which is never used while training or choosing.
 
     python benchmarks/bench_learning.py --name demo                       # the demo preset as shipped
     python benchmarks/bench_learning.py --name lr3 --set optimisation.lr=3e-3
-    python benchmarks/bench_learning.py --name tiny20 --preset tiny-cpu --minutes 20
+    python benchmarks/bench_learning.py --name tiny --preset tiny-cpu --set optimisation.max_epochs=400
 
 Writes results/learning_NAME.json: per-organ Dice on both sets, the per-organ validation Dice curve of the
 run (metrics.jsonl) and the training time.
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="result name: results/learning_NAME.json")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--set", action="append", default=[], help="GROUP.FIELD=VALUE, as `unetr train -s`")
-    parser.add_argument("--minutes", type=float, default=None, help="cap on the training time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score-only", action="store_true", help="score the existing run NAME again")
     args = parser.parse_args()
 
     demo_data, second = demo_dataset(), second_dataset()
@@ -62,19 +62,23 @@ def main() -> None:
         "--json",
     ]
     command += [item for assignment in args.set for item in ("-s", assignment)]
-    if args.minutes is not None:
-        command += ["-s", f"optimisation.max_epochs={10_000}"]
-    trained = _train(command, args.minutes)
+    if not args.score_only:
+        run_measured(command)
     checkpoint = run / "checkpoint_latest.pt"
     scores = {
-        name: _evaluate(data, checkpoint, run / f"evaluation_{name}.json")
-        for name, data in (("demo_held_out", demo_data), ("second_set", second))
+        name: _evaluate(data, split, checkpoint, run / f"evaluation_{name}.json")
+        for name, data, split in (
+            ("demo_held_out", demo_data, "validation"),
+            ("second_set", second, "training"),
+        )
     }
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     curves = [
         {"epoch": r["epoch"], "mean_dice": r["mean_dice"], "dice": r["dice"]}
-        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        for r in records
         if "mean_dice" in r
     ]
+    trained = {"epochs": records[-1]["epoch"], "training_minutes": records[-1]["elapsed_s"] / 60.0}
     path = write_result(
         f"learning_{args.name}",
         {"preset": args.preset, "set": args.set, "seed": args.seed, **trained, **scores, "curves": curves},
@@ -85,27 +89,8 @@ def main() -> None:
     print(f"{trained['epochs']} epochs, {trained['training_minutes']:.1f} training minutes -> {path}")
 
 
-def _train(command: list[str], minutes: float | None) -> dict:
-    """Run `unetr train`, optionally stopped after `minutes` (SIGTERM: the run saves and ends cleanly)."""
-    import signal
-    import subprocess
-    import time
-
-    started = time.monotonic()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = child.communicate(timeout=minutes * 60.0 if minutes is not None else None)
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGTERM)
-        stdout, stderr = child.communicate()
-    if child.returncode not in (0, 128 + signal.SIGTERM, -signal.SIGTERM, 1) or "Traceback" in stderr:
-        raise RuntimeError(f"training failed ({child.returncode}):\n{stderr[-3000:]}")
-    epochs = [json.loads(line) for line in stdout.splitlines() if '"event": "epoch"' in line]
-    return {"epochs": len(epochs), "training_minutes": (time.monotonic() - started) / 60.0}
-
-
-def _evaluate(data: Path, checkpoint: Path, output: Path) -> dict:
-    """`unetr evaluate` of the validation list of `data` on the scans' own grids: per-organ Dice."""
+def _evaluate(data: Path, split: str, checkpoint: Path, output: Path) -> dict:
+    """`unetr evaluate` of one split of `data` on the scans' own grids: per-organ Dice."""
     command = [
         sys.executable,
         "-m",
@@ -113,6 +98,8 @@ def _evaluate(data: Path, checkpoint: Path, output: Path) -> dict:
         "evaluate",
         "--data-dir",
         str(data),
+        "--split",
+        split,
         "--checkpoint",
         str(checkpoint),
         "--no-hd95",
@@ -129,12 +116,22 @@ def _evaluate(data: Path, checkpoint: Path, output: Path) -> dict:
     }
 
 
+def _generator_version() -> str:
+    """A short hash of the phantom generator's code: cached datasets are remade when it changes."""
+    import hashlib
+
+    from unetr_cli.phantoms import anatomy, generator
+
+    code = b"".join(Path(module.__file__).read_bytes() for module in (anatomy, generator))
+    return hashlib.sha256(code).hexdigest()[:8]
+
+
 def demo_dataset() -> Path:
     """The dataset `unetr demo` trains on (its seed 0, cached)."""
     from unetr_cli.phantoms.demo import DEMO_CASES, DEMO_SHAPE, DEMO_VALIDATION_FRACTION
     from unetr_cli.phantoms.generator import write_dataset
 
-    folder = DATA / "learning" / "demo_dataset"
+    folder = DATA / "learning" / f"demo_dataset_{_generator_version()}"
     if not (folder / "dataset_0.json").exists():
         write_dataset(
             folder,
@@ -148,12 +145,12 @@ def demo_dataset() -> Path:
 
 
 def second_dataset() -> Path:
-    """`SECOND_SET`, every case in the validation list (cached)."""
+    """`SECOND_SET`, every case in the training list (scored with `--split training`; cached)."""
     from unetr_cli.files import write_text
     from unetr_cli.phantoms.generator import make_phantom
     from unetr_cli.volumes import save_nifti
 
-    folder = DATA / "learning" / "second_set"
+    folder = DATA / "learning" / f"second_set_{_generator_version()}"
     if not (folder / "dataset_0.json").exists():
         entries = []
         for seed, shape, orientation, oblique in SECOND_SET:
@@ -161,7 +158,7 @@ def second_dataset() -> Path:
             image = save_nifti(phantom.image, phantom.affine, folder / f"img{seed}.nii.gz")
             label = save_nifti(phantom.label, phantom.affine, folder / f"label{seed}.nii.gz")
             entries.append({"image": image.name, "label": label.name})
-        write_text(folder / "dataset_0.json", json.dumps({"training": [], "validation": entries}, indent=2))
+        write_text(folder / "dataset_0.json", json.dumps({"training": entries, "validation": []}, indent=2))
     return folder
 
 

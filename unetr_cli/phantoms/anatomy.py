@@ -329,7 +329,8 @@ def _organs(patient: _Patient, z_range: tuple[float, float]) -> dict[int, Shape]
         4: Shape([blob((46, 32, 14), (15, 15, 32), rotation=rotation("x", 25))]),
         12: Shape([blob((44, -36, 58), (5, 12, 17), rotation=rotation("z", -30))]),
         13: Shape([blob((-44, -34, 48), (5, 12, 17), rotation=rotation("z", 30))]),
-        5: tube([(-4, -42, z_hi + 40), (-10, -38, 160), (-22, -25, 125), (-32, -15, 112)], [8, 8, 8, 9], 1.5),
+        # in front of the aorta (it used to run inside it, which left only a thin crescent of esophagus)
+        5: tube([(4, -20, z_hi + 40), (2, -20, 160), (-14, -14, 125), (-32, -15, 112)], [8, 8, 8, 9], 1.5),
         10: tube(
             [(-80, -26, 44), (-45, -18, 32), (-5, -12, 22), (22, -6, 26), (42, 2, 44)], [5, 5.5, 6, 7, 6], 1.5
         ),
