@@ -130,11 +130,6 @@ class OptimisationSettings(_Group):
     scale_lr: bool = Field(False, description="multiply lr by the number of processes (reference advice)")
     loss_smooth_nr: float = Field(0.0, ge=0.0)
     loss_smooth_dr: float = Field(1e-6, ge=0.0)
-    loss_batch: bool = Field(
-        False,
-        description="Dice over all crops of a step at once instead of per crop (the reference: per crop); "
-        "steadier gradients for organs that are small or absent in some crops",
-    )
 
 
 class InferenceSettings(_Group):

@@ -51,6 +51,23 @@ def test_every_organ_is_present_with_plausible_hu_and_volume():
     assert phantom.image.max() > 400  # bone
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_small_organs_have_their_own_boundaries(seed):
+    """The right adrenal lies in fat beside the liver, not inside it, and the esophagus is one tube in front of
+    the aorta, not a crescent left over inside it: shapes a model can learn, as in a real CT."""
+    from scipy import ndimage
+
+    label = make_phantom(seed * 100_003 + 1, (128, 128, 64)).label
+    adrenal = label == 12
+    rim = ndimage.binary_dilation(adrenal, iterations=2) & ~adrenal
+    assert (label[rim] == 6).mean() < 0.2  # liver around the right adrenal (it was all of it)
+    esophagus = label == 5
+    _, pieces = ndimage.label(esophagus, np.ones((3, 3, 3)))
+    assert pieces == 1 and esophagus.sum() >= 50
+    rim = ndimage.binary_dilation(esophagus, iterations=2) & ~esophagus
+    assert (label[rim] == 8).mean() < 0.2  # aorta around the esophagus
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_default_geometry_is_btcv_like(seed):
     shape, spacing = default_grid(seed)

@@ -21,8 +21,7 @@ def optimizer_for(model: torch.nn.Module, settings: Settings) -> torch.optim.Opt
 
 
 def loss_for(settings: Settings):
-    """The reference loss: Dice + cross-entropy on softmax outputs, squared denominators (`loss_batch`: the
-    Dice over the whole batch of crops)."""
+    """The reference loss: Dice + cross-entropy on softmax outputs, squared denominators."""
     from monai.losses import DiceCELoss
 
     opt = settings.optimisation
@@ -32,5 +31,4 @@ def loss_for(settings: Settings):
         squared_pred=True,
         smooth_nr=opt.loss_smooth_nr,
         smooth_dr=opt.loss_smooth_dr,
-        batch=opt.loss_batch,
     )
