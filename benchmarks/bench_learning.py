@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--set", action="append", default=[], help="GROUP.FIELD=VALUE, as `unetr train -s`")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score-only", action="store_true", help="score the existing run NAME again")
+    parser.add_argument(
+        "--score-only", action="store_true", help="score the existing run NAME again (pass its --set too)"
+    )
     args = parser.parse_args()
 
     demo_data, second = demo_dataset(), second_dataset()
