@@ -53,8 +53,8 @@ def test_every_organ_is_present_with_plausible_hu_and_volume():
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_small_organs_have_their_own_boundaries(seed):
-    """The right adrenal lies in fat beside the liver, not inside it, and the esophagus is one tube in front of
-    the aorta, not a crescent left over inside it: shapes a model can learn, as in a real CT."""
+    """The right adrenal lies in fat beside the liver, not inside it, and the esophagus is one tube in front
+    of the aorta, not a crescent left over inside it: shapes a model can learn, as in a real CT."""
     from scipy import ndimage
 
     label = make_phantom(seed * 100_003 + 1, (128, 128, 64)).label

@@ -39,8 +39,8 @@ def demo(
 ) -> None:
     """Run the whole job on generated phantoms: synthesise a BTCV-layout dataset, train a small UNETR (the
     demo preset), score the held-out phantoms per organ, and segment a held-out scan in its own space with
-    organ statistics and a preview picture. A fixed number of epochs: about 6 minutes on a 2-core CPU, and the same
-    result however busy the machine is.
+    organ statistics and a preview picture. A fixed number of epochs: about 6 minutes on a 2-core CPU, and
+    the same result however busy the machine is.
 
     Examples:
       unetr demo
