@@ -99,6 +99,13 @@ def test_organ_cut_by_the_field_of_view(phantom):
     assert organ(cut, "aorta").flags == []  # it crosses every abdominal scan's ends
 
 
+def test_a_speck_at_the_edge_does_not_make_an_organ_cut(phantom):
+    labels = phantom.label.copy()
+    labels[-3:, -3:, -3:] = 6  # a few stray liver voxels in a corner of the grid, far from the liver
+    liver = organ(assess(labels, phantom.affine, 14, phantom.image), "liver")
+    assert liver.flags == [] and liver.edge_voxels == 0 and liver.fragments == 1
+
+
 def test_planted_fragments_are_flagged_and_keep_largest_removes_them(phantom):
     labels = phantom.label.copy()
     spleen = np.argwhere(labels == 1)

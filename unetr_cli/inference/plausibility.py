@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from unetr_cli.files import write_text
-from unetr_cli.inference.postprocess import component_sizes
+from unetr_cli.inference.postprocess import organ_components
 from unetr_cli.labels import label_names
 from unetr_cli.organ_norms import CONTRAST_AORTA_HU, NORMS, hu_range
 
@@ -231,8 +231,9 @@ def _judge(report: OrganReport, labels, affine, voxel_ml, midline, phase, agreem
         report.expected_side_share = round(share, 3)
         if share < 0.5:
             report.flags.append("lateral")
+    sizes, sizeable = _sizeable_components(labels, report.label, voxel_ml)
     if not norm.crosses_scan:
-        report.edge_voxels = _edge_voxels(mask)
+        report.edge_voxels = _edge_voxels(sizeable)
         if report.edge_voxels:
             report.flags.append("cut")
     report.volume_range_ml = norm.volume_ml
@@ -240,9 +241,7 @@ def _judge(report: OrganReport, labels, affine, voxel_ml, midline, phase, agreem
     if report.volume_ml > high or (report.volume_ml < low and "cut" not in report.flags):
         report.flags.append("volume")
     if norm.one_piece:
-        sizes = component_sizes(labels, report.label)
-        sizeable = sizes >= max(FRAGMENT_SHARE * sizes.sum(), FRAGMENT_MIN_ML / voxel_ml)
-        report.fragments = int(sizeable.sum())
+        report.fragments = _sizeable_count(sizes, voxel_ml)
         report.largest_fragment_share = round(float(sizes[0] / sizes.sum()), 3)
         if report.fragments > 1:
             report.flags.append("fragments")
@@ -284,6 +283,24 @@ def _share_on_side(mask: np.ndarray, affine: np.ndarray, midline: float, side: s
     x = _to_world(np.argwhere(mask), affine)[:, 0]
     on_right = float(np.mean(x > midline))
     return on_right if side == "right" else 1.0 - on_right
+
+
+def _sizeable_count(sizes: np.ndarray, voxel_ml: float) -> int:
+    """How many of an organ's components (sizes largest first) are sizeable: at least FRAGMENT_SHARE of the
+    organ and FRAGMENT_MIN_ML; the largest always counts."""
+    threshold = max(FRAGMENT_SHARE * sizes.sum(), FRAGMENT_MIN_ML / voxel_ml)
+    return max(1, int((sizes >= threshold).sum()))
+
+
+def _sizeable_components(labels: np.ndarray, label: int, voxel_ml: float) -> tuple[np.ndarray, np.ndarray]:
+    """An organ's component sizes (largest first) and, on the whole grid, the mask of its sizeable components:
+    a speck is neither a fragment nor evidence that the organ is cut by the field of view."""
+    mask = np.zeros(labels.shape, dtype=bool)
+    for region, ranked in organ_components(labels, label):
+        sizes = np.bincount(ranked.ravel())[1:]
+        mask[region] = (ranked >= 1) & (ranked <= _sizeable_count(sizes, voxel_ml))
+        return sizes, mask
+    return np.zeros(0, dtype=np.int64), mask
 
 
 def _edge_voxels(mask: np.ndarray) -> int:

@@ -57,13 +57,6 @@ def organ_components(labels: np.ndarray, label: int) -> Iterator[tuple[tuple[sli
     yield region, order[components]
 
 
-def component_sizes(labels: np.ndarray, label: int) -> np.ndarray:
-    """Voxel counts of an organ's connected components, largest first (empty when absent)."""
-    for _, ranked in organ_components(labels, label):
-        return np.bincount(ranked.ravel())[1:]
-    return np.zeros(0, dtype=np.int64)
-
-
 def postprocess(
     labels: np.ndarray, voxel_ml: float, settings: PostProcessing, num_classes: int
 ) -> tuple[np.ndarray, dict[int, int]]:
