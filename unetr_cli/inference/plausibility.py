@@ -231,9 +231,12 @@ def _judge(report: OrganReport, labels, affine, voxel_ml, midline, phase, agreem
         report.expected_side_share = round(share, 3)
         if share < 0.5:
             report.flags.append("lateral")
-    sizes, sizeable = _sizeable_components(labels, report.label, voxel_ml)
+    region, ranked = organ_components(labels, report.label)  # judged organs are present
+    sizes = np.bincount(ranked.ravel())[1:]
+    # a speck is neither a fragment nor evidence that the organ is cut by the field of view
+    sizeable = (ranked >= 1) & (ranked <= _sizeable_count(sizes, voxel_ml))
     if not norm.crosses_scan:
-        report.edge_voxels = _edge_voxels(sizeable)
+        report.edge_voxels = _edge_voxels(sizeable, region, labels.shape)
         if report.edge_voxels:
             report.flags.append("cut")
     report.volume_range_ml = norm.volume_ml
@@ -292,21 +295,19 @@ def _sizeable_count(sizes: np.ndarray, voxel_ml: float) -> int:
     return max(1, int((sizes >= threshold).sum()))
 
 
-def _sizeable_components(labels: np.ndarray, label: int, voxel_ml: float) -> tuple[np.ndarray, np.ndarray]:
-    """An organ's component sizes (largest first) and, on the whole grid, the mask of its sizeable components:
-    a speck is neither a fragment nor evidence that the organ is cut by the field of view."""
-    mask = np.zeros(labels.shape, dtype=bool)
-    for region, ranked in organ_components(labels, label):
-        sizes = np.bincount(ranked.ravel())[1:]
-        mask[region] = (ranked >= 1) & (ranked <= _sizeable_count(sizes, voxel_ml))
-        return sizes, mask
-    return np.zeros(0, dtype=np.int64), mask
-
-
-def _edge_voxels(mask: np.ndarray) -> int:
-    """Organ voxels in the outermost layer of the grid, on any of its six faces."""
-    inner = mask[1:-1, 1:-1, 1:-1].sum() if min(mask.shape) > 2 else 0
-    return int(mask.sum() - inner)
+def _edge_voxels(inside: np.ndarray, region: tuple[slice, ...], shape: tuple[int, ...]) -> int:
+    """Voxels of `inside` (a mask over the box `region` of a grid of `shape`) on any of the grid's six
+    faces."""
+    on_face = np.zeros(inside.shape, dtype=bool)
+    for axis, (span, size) in enumerate(zip(region, shape, strict=True)):
+        face = [slice(None)] * inside.ndim
+        if span.start == 0:
+            face[axis] = 0
+            on_face[tuple(face)] = True
+        if span.stop == size:
+            face[axis] = -1
+            on_face[tuple(face)] = True
+    return int((inside & on_face).sum())
 
 
 def orientation_after_inference(

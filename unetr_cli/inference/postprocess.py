@@ -8,7 +8,6 @@ operation as MONAI's KeepLargestConnectedComponent and nnU-Net's post-processing
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,20 +40,20 @@ class PostProcessing:
         return ", ".join(parts) or "none"
 
 
-def organ_components(labels: np.ndarray, label: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
-    """Yield (bounding box, component ids in the box: 0 outside the organ, 1.. by decreasing size) of one
-    organ; nothing if the organ is absent."""
+def organ_components(labels: np.ndarray, label: int) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(bounding box, component ids in the box: 0 outside the organ, 1.. by decreasing size) of one organ;
+    None if the organ is absent."""
     from scipy import ndimage
 
     box = ndimage.find_objects((labels == label).astype(np.uint8))
     if not box or box[0] is None:
-        return
+        return None
     region = box[0]
     components, count = ndimage.label(labels[region] == label, structure=FULL_CONNECTIVITY)
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
     order = np.zeros(count + 1, dtype=np.int32)
     order[1 + np.argsort(-sizes, kind="stable")] = np.arange(1, count + 1)
-    yield region, order[components]
+    return region, order[components]
 
 
 def postprocess(
@@ -68,14 +67,17 @@ def postprocess(
     removed: dict[int, int] = {}
     min_voxels = (settings.min_size_ml or 0.0) / voxel_ml
     for label in range(1, num_classes):
-        for region, ranked in organ_components(labels, label):
-            sizes = np.bincount(ranked.ravel())
-            drop = np.zeros(len(sizes), dtype=bool)
-            drop[1:] = sizes[1:] < min_voxels
-            if settings.keep_largest and label in ONE_PIECE_ORGANS:
-                drop[2:] = True
-            if drop.any():
-                view = result[region]
-                view[drop[ranked]] = 0
-                removed[label] = int(sizes[drop].sum())
+        found = organ_components(labels, label)
+        if found is None:
+            continue
+        region, ranked = found
+        sizes = np.bincount(ranked.ravel())
+        drop = np.zeros(len(sizes), dtype=bool)
+        drop[1:] = sizes[1:] < min_voxels
+        if settings.keep_largest and label in ONE_PIECE_ORGANS:
+            drop[2:] = True
+        if drop.any():
+            view = result[region]
+            view[drop[ranked]] = 0
+            removed[label] = int(sizes[drop].sum())
     return result, removed
