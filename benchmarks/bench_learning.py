@@ -6,6 +6,7 @@ some oblique), which is never used while training or choosing.
     python benchmarks/bench_learning.py --name demo                       # the demo preset as shipped
     python benchmarks/bench_learning.py --name lr3 --set optimisation.lr=3e-3
     python benchmarks/bench_learning.py --name tiny --preset tiny-cpu --set optimisation.max_epochs=400
+    python benchmarks/bench_learning.py --name more --training-cases 40    # more phantoms, same held-out two
 
 Writes results/learning_NAME.json: per-organ Dice on both sets, the per-organ validation Dice curve of the
 run (metrics.jsonl) and the training time.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from common import DATA, run_measured, write_result
 
+DEMO_TRAINING_CASES = 10  # the demo's 12 phantoms less its 2 held out
 SECOND_SET = [  # (seed, shape, orientation, oblique degrees): unlike the demo's 128x128x64 LPS/RAS/LAS grids
     (900_001, (160, 160, 80), "RAS", 0.0),
     (900_002, (112, 112, 48), "LPS", 0.0),
@@ -41,11 +43,17 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="GROUP.FIELD=VALUE, as `unetr train -s`")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--training-cases",
+        type=int,
+        default=DEMO_TRAINING_CASES,
+        help="phantoms to train on: the demo's 10, or more of the same generator seed (same held-out two)",
+    )
+    parser.add_argument(
         "--score-only", action="store_true", help="score the existing run NAME again (pass its --set too)"
     )
     args = parser.parse_args()
 
-    demo_data, second = demo_dataset(), second_dataset()
+    demo_data, second = demo_dataset(args.training_cases), second_dataset()
     run = DATA / "learning" / args.name
     command = [
         sys.executable,
@@ -83,7 +91,15 @@ def main() -> None:
     trained = {"epochs": records[-1]["epoch"], "training_minutes": records[-1]["elapsed_s"] / 60.0}
     path = write_result(
         f"learning_{args.name}",
-        {"preset": args.preset, "set": args.set, "seed": args.seed, **trained, **scores, "curves": curves},
+        {
+            "preset": args.preset,
+            "set": args.set,
+            "seed": args.seed,
+            "training_cases": args.training_cases,
+            **trained,
+            **scores,
+            "curves": curves,
+        },
     )
     for name, score in scores.items():
         low = min(score["organs"].items(), key=lambda item: item[1])
@@ -128,21 +144,33 @@ def _generator_version() -> str:
     return hashlib.sha256(code).hexdigest()[:8]
 
 
-def demo_dataset() -> Path:
-    """The dataset `unetr demo` trains on (its seed 0, cached)."""
+def demo_dataset(training_cases: int = DEMO_TRAINING_CASES) -> Path:
+    """The dataset `unetr demo` trains on (its seed 0, cached); with more `training_cases`, further phantoms
+    of the same seed join its training list while its two held-out phantoms stay the validation list."""
+    from unetr_cli.files import write_text
     from unetr_cli.phantoms.demo import DEMO_CASES, DEMO_SHAPE, DEMO_VALIDATION_FRACTION
     from unetr_cli.phantoms.generator import write_dataset
 
-    folder = DATA / "learning" / f"demo_dataset_{_generator_version()}"
+    name = "demo_dataset" if training_cases == DEMO_TRAINING_CASES else f"training_{training_cases}"
+    folder = DATA / "learning" / f"{name}_{_generator_version()}"
     if not (folder / "dataset_0.json").exists():
-        write_dataset(
+        extra = training_cases - DEMO_TRAINING_CASES
+        datalist = write_dataset(
             folder,
-            DEMO_CASES,
+            DEMO_CASES + extra,
             seed=0,
             shape=DEMO_SHAPE,
             validation_fraction=DEMO_VALIDATION_FRACTION,
             workers=2,
         )
+        if extra:
+            lists = json.loads(datalist.read_text())
+            entries = lists["training"] + lists["validation"]
+            held_out = {f"imagesTr/img{index:04d}.nii.gz" for index in (DEMO_CASES - 1, DEMO_CASES)}
+            lists["validation"] = [entry for entry in entries if entry["image"] in held_out]
+            lists["training"] = [entry for entry in entries if entry["image"] not in held_out]
+            lists["numTraining"], lists["numValidation"] = len(lists["training"]), len(lists["validation"])
+            write_text(datalist, json.dumps(lists, indent=2) + "\n")
     return folder
 
 

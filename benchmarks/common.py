@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,14 +17,20 @@ DATA = ROOT / ".data"
 
 
 def run_measured(command: list[str], env: dict | None = None) -> dict:
-    """Run a command in a child process; return wall seconds, the child's peak RSS (MB) and its output."""
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    stdout, stderr = child.stdout.read(), child.stderr.read()
+    """Run a command in a child process; return wall seconds, the child's peak RSS (MB) and its output.
+
+    The output goes to temporary files, not pipes: a child that prints more than a pipe holds (64 KB, a long
+    `unetr train --json`) would otherwise block until it is read, and it is read only after the child ends.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        environment = {**os.environ, **(env or {})}
+        child = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=environment)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({code}):\n{stderr[-3000:]}")

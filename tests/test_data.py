@@ -174,7 +174,7 @@ def _break_nan(d):
             "img0003.nii.gz: expected a 3D scan, got a 4D with 2 channels",
         ),
         (_break_nan, "img0003.nii.gz: contains 1 NaN or infinite voxels"),
-        (_break_voxel_size, "img0003.nii.gz: resampled to 6x6x8 mm it would have"),
+        (_break_voxel_size, "img0003.nii.gz: resampled to 4x4x5 mm it would have"),
     ],
 )
 def test_bad_cases_are_caught_before_training(dataset, breakage, expected):

@@ -210,7 +210,7 @@ def test_a_scan_that_cannot_fit_is_named_and_the_batch_goes_on(trained_run, scan
     )
     result = _predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out", "-q")
     assert result.exit_code == 1
-    assert "case1.nii.gz: resampled to 6x6x8 mm it would have" in result.stderr
+    assert "case1.nii.gz: resampled to 4x4x5 mm it would have" in result.stderr
     assert "2 written, 0 skipped (existing), 1 failed" in result.stdout
 
 

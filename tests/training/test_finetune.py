@@ -156,7 +156,7 @@ def test_finetune_from_torchscript_with_trust(trained_run, tiny_dataset, tmp_pat
     assert result.exit_code == 0, result.output
     assert _starting_weights_kept(tmp_path / "b", safe_load(trained_run / "checkpoint_final.pt")["model"])
     stored = safe_load(tmp_path / "b" / "checkpoint_final.pt")["settings"]
-    assert stored["model"]["img_size"] == 32 and stored["data"]["spacing"] == [6.0, 6.0, 8.0]
+    assert stored["model"]["img_size"] == 32 and stored["data"]["spacing"] == [4.0, 4.0, 5.0]
 
 
 def test_an_interrupted_finetune_resumes(tiny_dataset, tmp_path):
