@@ -52,6 +52,8 @@ def main() -> None:
         "--score-only", action="store_true", help="score the existing run NAME again (pass its --set too)"
     )
     args = parser.parse_args()
+    if args.training_cases < DEMO_TRAINING_CASES:
+        parser.error(f"--training-cases must be at least the demo's {DEMO_TRAINING_CASES}")
 
     demo_data, second = demo_dataset(args.training_cases), second_dataset()
     run = DATA / "learning" / args.name
