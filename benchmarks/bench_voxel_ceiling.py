@@ -29,11 +29,11 @@ def main() -> None:
     )
     parser.add_argument("spacings", nargs="+", help="model voxel spacings in mm, e.g. 6x6x8")
     args = parser.parse_args()
-    sets = {"demo_held_out": _labels(demo_dataset(), "validation"), "second_set": _labels(second_dataset())}
+    sets = {"demo_held_out": _cases(demo_dataset(), "validation"), "second_set": _cases(second_dataset())}
     results = {}
     for text in args.spacings:
         spacing = tuple(float(v) for v in text.split("x"))
-        results[text] = {name: _ceiling(paths, spacing) for name, paths in sets.items()}
+        results[text] = {name: _ceiling(cases, spacing) for name, cases in sets.items()}
         for name, score in results[text].items():
             low = min(score["organs"].items(), key=lambda item: item[1])
             print(
@@ -42,17 +42,25 @@ def main() -> None:
     print(f"-> {write_result('voxel_ceiling', {'spacings': results})}")
 
 
-def _labels(data: Path, split: str = "training") -> list[Path]:
-    entries = json.loads((data / "dataset_0.json").read_text())[split]
-    return [data / entry["label"] for entry in entries]
+def _cases(data: Path, split: str = "training") -> list[tuple[np.ndarray, np.ndarray]]:
+    """The label maps of one split of a dataset, with their affines."""
+    from unetr_cli.volumes import load_volume
+
+    cases = []
+    for entry in json.loads((data / "dataset_0.json").read_text())[split]:
+        labels, info = load_volume(data / entry["label"], dtype=None)
+        cases.append((labels.astype(np.int64), info.affine))
+    return cases
 
 
-def _ceiling(paths: list[Path], spacing: tuple[float, float, float]) -> dict:
+def _ceiling(cases: list[tuple[np.ndarray, np.ndarray]], spacing: tuple[float, float, float]) -> dict:
     """Per-organ Dice of the round trip through a grid of `spacing`, averaged over cases as `unetr evaluate`
     averages them."""
     from unetr_cli.metrics import organ_dice
 
-    per_case = np.array([organ_dice(_round_trip(path, spacing), _load(path)[0], CLASSES) for path in paths])
+    per_case = np.array(
+        [organ_dice(_round_trip(labels, affine, spacing), labels, CLASSES) for labels, affine in cases]
+    )
     organs = np.nanmean(per_case, axis=0)
     return {
         "mean_dice": float(organs.mean()),
@@ -60,14 +68,8 @@ def _ceiling(paths: list[Path], spacing: tuple[float, float, float]) -> dict:
     }
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from unetr_cli.volumes import load_volume
-
-    labels, info = load_volume(path, dtype=None)
-    return labels.astype(np.int64), info.affine
-
-
-def _round_trip(path: Path, spacing: tuple[float, float, float]) -> np.ndarray:
+def _round_trip(labels: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """`labels` carried to a RAS grid of `spacing` as perfect probabilities, and back with them."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Orientation, Spacing
@@ -75,7 +77,6 @@ def _round_trip(path: Path, spacing: tuple[float, float, float]) -> np.ndarray:
     from unetr_cli.data import RAS_LABELS
     from unetr_cli.inference.resample import resample_labels
 
-    labels, affine = _load(path)
     one_hot = torch.nn.functional.one_hot(torch.from_numpy(labels), CLASSES).permute(3, 0, 1, 2).float()
     grid = Orientation(axcodes="RAS", labels=RAS_LABELS)(MetaTensor(one_hot, affine=torch.from_numpy(affine)))
     grid = Spacing(pixdim=spacing, mode="bilinear", dtype=torch.float32)(grid)
