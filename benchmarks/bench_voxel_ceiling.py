@@ -10,7 +10,6 @@ Scores the demo's held-out phantoms and bench_learning.py's second set; writes r
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +43,12 @@ def main() -> None:
 
 def _cases(data: Path, split: str = "training") -> list[tuple[np.ndarray, np.ndarray]]:
     """The label maps of one split of a dataset, with their affines."""
+    from unetr_cli.data import read_datalist
     from unetr_cli.volumes import load_volume
 
     cases = []
-    for entry in json.loads((data / "dataset_0.json").read_text())[split]:
-        labels, info = load_volume(data / entry["label"], dtype=None)
+    for entry in getattr(read_datalist(data, "dataset_0.json"), split):
+        labels, info = load_volume(entry["label"], dtype=None)
         cases.append((labels.astype(np.int64), info.affine))
     return cases
 
