@@ -198,11 +198,10 @@ def model_with_weights(
 ) -> torch.nn.Module:
     """A model of `settings` holding `state` (converted and checked by `convert_state_dict`), in eval mode.
 
-    The network is built on the meta device and takes the file's tensors as its own: no random
-    initialisation of ~90M parameters that would be overwritten at once (about a second and a half of every
-    `unetr predict` start-up on a CPU, measured).
+    The network is built on the meta device, skipping its initialisation, and takes the file's tensors as its
+    own: no random initialisation of ~90M parameters that would be overwritten at once.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInitialisation():
         model = build_model(settings)
     try:
         converted = convert_state_dict(state, model.state_dict())
@@ -210,3 +209,16 @@ def model_with_weights(
         raise CheckpointError(f"{origin}: {error}" if origin else str(error)) from None
     model.load_state_dict(converted, strict=True, assign=True)
     return model.eval()
+
+
+class _SkipInitialisation(torch.overrides.TorchFunctionMode):
+    """In-place tensor methods (`uniform_`, `erfinv_`, ...) on meta tensors do nothing: the values are
+    about to be replaced. On meta, MONAI's `trunc_normal_` would otherwise reach `erfinv_`, which has no meta
+    kernel and imports torch._dynamo to decompose it (2 s of every `unetr predict` start-up on a CPU)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        in_place = name.endswith("_") and not name.endswith("__")
+        if in_place and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))

@@ -48,6 +48,10 @@ def test_single_scan_gets_label_map_and_sidecars(trained_run, scans, tmp_path):
         "predicted",
         "summary",
     ]
+    stages = next(e for e in events if e["event"] == "predicted")["stages"]  # where a scan's time goes
+    names = ["read", "orientation", "preprocess", "windows", "to_scan_grid", "postprocess", "write"]
+    assert list(stages) == names
+    assert all(seconds >= 0 for seconds in stages.values()) and stages["windows"] > 0
     source, written = nib.load(scans / "case0.nii.gz"), nib.load(out)
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)
     assert written.get_data_dtype() == np.uint8

@@ -17,6 +17,7 @@ from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
 from unetr_cli.inference.plausibility import (
     ScanReport,
     assess,
+    find_body,
     orientation_after_inference,
     orientation_before_inference,
     write_report,
@@ -25,6 +26,7 @@ from unetr_cli.inference.postprocess import PostProcessing, postprocess
 from unetr_cli.inference.reports import output_stem, write_label_sidecars, write_preview
 from unetr_cli.inference.scan import Scan, read_scan, segment_scan
 from unetr_cli.inference.segmenter import Segmenter
+from unetr_cli.inference.stages import StageTimes
 from unetr_cli.volumes import (
     OUTPUT_FORMATS,
     file_kind,
@@ -260,43 +262,58 @@ def predict_batch(
             if bars:
                 bars.update(task, advance=1, status=source.name)
 
-        def finish(source: Path, target: Path, started: float, written: Future) -> None:
-            _finish_write(result, reporter, source, target, started, written, options)
-            advance(source)
+        def finish(pending: _Writing) -> None:
+            _finish_write(result, reporter, pending, options)
+            advance(pending.source)
 
         read = reader.submit if overlap else _now
         write = writer.submit if overlap else _now
-        writes: list[tuple[Path, Path, float, Future]] = []  # at most MAX_PENDING_WRITES scans wait in memory
+        writes: list[_Writing] = []  # at most MAX_PENDING_WRITES scans wait in memory
         upcoming = read(_read, todo[0][0]) if todo else None
         for index, (source, target) in enumerate(todo):
-            reading, started = upcoming, time.monotonic()
+            reading, started, stages = upcoming, time.monotonic(), StageTimes(segmenter.device)
             if index + 1 < len(todo):
                 upcoming = read(_read, todo[index + 1][0])
             try:
-                scan = reading.result()
-                _check_orientation(scan, None, options, reporter)
-                labels = segment_scan(scan, segmenter)
-                labels, removed = postprocess(labels, scan.info.voxel_ml, cleanup, classes)
-                _check_orientation(scan, labels, options, reporter)
+                scan, stages["read"] = reading.result()
+                with stages.stage("orientation"):
+                    body = find_body(scan.image, scan.affine)
+                    _check_orientation(scan, orientation_before_inference(body), options, reporter)
+                labels = segment_scan(scan, segmenter, stages)
+                with stages.stage("postprocess"):
+                    labels, removed = postprocess(labels, scan.info.voxel_ml, cleanup, classes)
+                with stages.stage("orientation"):
+                    problems = orientation_after_inference(labels, scan.affine, body)
+                    _check_orientation(scan, problems, options, reporter)
             except Exception as err:
                 _record_failure(result, reporter, source, err)
                 advance(source)
             else:
                 made = Made(labels, segmenter.take_agreement(), removed, cleanup)
-                writes.append(
-                    (source, target, started, write(_write_outputs, scan, made, target, options, classes))
-                )
+                written = write(_write_outputs, scan, made, target, options, classes)
+                writes.append(_Writing(source, target, started, stages, written))
             for note in segmenter.notes:
                 reporter.warn(note)
             segmenter.notes.clear()
-            while writes and (writes[0][3].done() or len(writes) > MAX_PENDING_WRITES):
-                finish(*writes.pop(0))
+            while writes and (writes[0].written.done() or len(writes) > MAX_PENDING_WRITES):
+                finish(writes.pop(0))
         for pending in writes:
-            finish(*pending)
+            finish(pending)
     return result
 
 
 MAX_PENDING_WRITES = 2
+
+
+@dataclass
+class _Writing:
+    """A segmented scan whose outputs are being written (`written` gives the report and the seconds)."""
+
+    source: Path
+    target: Path
+    started: float
+    stages: StageTimes
+    written: Future
 
 
 def _now(function, *args) -> Future:
@@ -309,10 +326,12 @@ def _now(function, *args) -> Future:
     return future
 
 
-def _read(source) -> Scan:
+def _read(source) -> tuple[Scan, float]:
+    """The decoded scan and the seconds decoding took."""
+    started = time.perf_counter()
     if isinstance(source, Path) and not source.exists():
         raise InputError(source, "file not found")
-    return read_scan(source)
+    return read_scan(source), time.perf_counter() - started
 
 
 @dataclass
@@ -326,13 +345,9 @@ class Made:
     cleanup: PostProcessing
 
 
-def _check_orientation(scan: Scan, labels, options: PredictOptions, reporter: Reporter) -> None:
-    """Say when the scan's orientation looks wrong: before inference from the body and spine (`labels` is
-    None), after it from the organs. With --strict-orientation the scan is refused."""
-    if labels is None:
-        problems = orientation_before_inference(scan.image, scan.affine)
-    else:
-        problems = orientation_after_inference(labels, scan.affine, scan.image)
+def _check_orientation(scan: Scan, problems: list[str], options: PredictOptions, reporter: Reporter) -> None:
+    """Say when the scan's orientation looks wrong (`problems`: before inference from the body and spine,
+    after it from the organs). With --strict-orientation the scan is refused."""
     if problems and options.strict_orientation:
         raise InputError(scan.path, f"{problems[0]}; refused (--strict-orientation)")
     for problem in problems:
@@ -343,7 +358,8 @@ def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions
     """The sidecars first and the label map last: a label map on disk means its unit is complete. A new
     output is created only if no other process made it meanwhile; an existing one is replaced only when the
     user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing). Returns the
-    plausibility report when one was asked for."""
+    plausibility report when one was asked for, and the seconds writing took."""
+    started = time.perf_counter()
     replace = options.overwrite or target.exists()
     provenance = {"source": str(scan.path), **options.provenance}
     if made.cleanup:
@@ -357,7 +373,7 @@ def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions
     if options.preview:
         write_preview(target, scan.image, made.labels, scan.affine, classes, title=scan.path.name)
     save_label_map(made.labels, scan, target, options.output_format, classes, options.provenance, replace)
-    return report
+    return report, time.perf_counter() - started
 
 
 def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict, replace: bool):
@@ -378,24 +394,20 @@ def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, pro
         save_itk(labels, scan.affine, target, overwrite=replace)
 
 
-def _finish_write(
-    result: BatchResult,
-    reporter: Reporter,
-    source: Path,
-    target: Path,
-    started,
-    done,
-    options: PredictOptions,
-) -> None:
+def _finish_write(result: BatchResult, reporter: Reporter, pending: _Writing, options: PredictOptions):
+    source, target, stages = pending.source, pending.target, pending.stages
     try:
-        report: ScanReport | None = done.result()
+        report: ScanReport | None
+        report, stages["write"] = pending.written.result()
     except Exception as err:
         _record_failure(result, reporter, source, err, target)
         return
     result.written.append(target)
-    seconds = time.monotonic() - started
+    seconds = time.monotonic() - pending.started
     reporter.info(f"{source} -> {target} ({seconds:.1f} s)")
-    reporter.event("predicted", input=str(source), output=str(target), seconds=round(seconds, 3))
+    reporter.event(
+        "predicted", input=str(source), output=str(target), seconds=round(seconds, 3), stages=stages.rounded()
+    )
     if report is None:
         return
     line = report.summary(str(source))

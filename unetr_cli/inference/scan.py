@@ -20,6 +20,7 @@ import torch
 from unetr_cli.errors import InputError
 from unetr_cli.inference.resample import SLAB, probabilities_to_labels_on_device, resample_labels
 from unetr_cli.inference.segmenter import Segmenter
+from unetr_cli.inference.stages import StageTimes
 from unetr_cli.settings import Settings
 from unetr_cli.volumes import VolumeInfo, check_resampled_size, load_scan
 
@@ -87,18 +88,20 @@ def as_scan(source) -> Scan:
     return read_scan(source)
 
 
-def segment_scan(scan: Scan, segmenter: Segmenter) -> np.ndarray:
+def segment_scan(scan: Scan, segmenter: Segmenter, stages: StageTimes | None = None) -> np.ndarray:
     """The uint8 label map of `scan` on its own grid: on the segmenter's GPU when it has one (falling back to
-    the host path for this scan if the GPU runs out of memory), else on the CPU."""
+    the host path for this scan if the GPU runs out of memory), else on the CPU. `stages` collects the
+    seconds of preprocessing, the windows and the way back to the scan's grid."""
     settings = segmenter.settings
     check_resampled_size(scan.info, settings.data.spacing, settings.model.out_channels + 2)
+    stages = stages if stages is not None else StageTimes()
     if segmenter.device.type == "cuda":
         try:
-            return _segment_on_device(scan, segmenter)
+            return _segment_on_device(scan, segmenter, stages)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             segmenter.note(f"GPU out of memory for {scan.path.name}: it ran on the CPU path instead")
-    return _segment_on_host(scan, segmenter)
+    return _segment_on_host(scan, segmenter, stages)
 
 
 def preprocess_scan(image, affine: np.ndarray, settings: Settings):
@@ -115,27 +118,33 @@ def preprocess_scan(image, affine: np.ndarray, settings: Settings):
     return T.Compose(to_model_space(settings, keys=("image",)))({"image": tensor})["image"]
 
 
-def _segment_on_device(scan: Scan, segmenter: Segmenter) -> np.ndarray:
-    model_input = preprocess_scan(
-        _to_device(scan.image, segmenter.device), scan.info.affine, segmenter.settings
-    )
-    model_affine = _affine_of(model_input)
-    logits = segmenter.logits(model_input.as_tensor()[None])[0]
+def _segment_on_device(scan: Scan, segmenter: Segmenter, stages: StageTimes) -> np.ndarray:
+    with stages.stage("preprocess"):
+        model_input = preprocess_scan(
+            _to_device(scan.image, segmenter.device), scan.info.affine, segmenter.settings
+        )
+        model_affine = _affine_of(model_input)
+    with stages.stage("windows"):
+        logits = segmenter.logits(model_input.as_tensor()[None])[0]
     del model_input
-    if logits.device.type == "cpu":  # the windows were aggregated in host memory (GPU out of memory)
+    with stages.stage("to_scan_grid"):
+        if logits.device.type == "cpu":  # the windows were aggregated in host memory (GPU out of memory)
+            return _back_to_scan_on_host(logits, model_affine, scan, segmenter.settings)
+        if segmenter.settings.inference.resample == "labels":
+            labels = _to_host(torch.argmax(logits, dim=0).to(torch.uint8)).numpy()
+            return resample_labels(labels, model_affine, scan.info.shape, scan.info.affine)
+        return probabilities_to_labels_on_device(logits, model_affine, scan.info.shape, scan.info.affine)
+
+
+def _segment_on_host(scan: Scan, segmenter: Segmenter, stages: StageTimes) -> np.ndarray:
+    with stages.stage("preprocess"):
+        model_input = preprocess_scan(scan.image, scan.info.affine, segmenter.settings)
+        model_affine = _affine_of(model_input)
+    with stages.stage("windows"):
+        logits = _to_host(segmenter.logits(model_input.as_tensor()[None])[0])  # a no-op on the CPU
+    del model_input
+    with stages.stage("to_scan_grid"):
         return _back_to_scan_on_host(logits, model_affine, scan, segmenter.settings)
-    if segmenter.settings.inference.resample == "labels":
-        labels = _to_host(torch.argmax(logits, dim=0).to(torch.uint8)).numpy()
-        return resample_labels(labels, model_affine, scan.info.shape, scan.info.affine)
-    return probabilities_to_labels_on_device(logits, model_affine, scan.info.shape, scan.info.affine)
-
-
-def _segment_on_host(scan: Scan, segmenter: Segmenter) -> np.ndarray:
-    model_input = preprocess_scan(scan.image, scan.info.affine, segmenter.settings)
-    model_affine = _affine_of(model_input)
-    logits = _to_host(segmenter.logits(model_input.as_tensor()[None])[0])  # a no-op on the CPU
-    del model_input
-    return _back_to_scan_on_host(logits, model_affine, scan, segmenter.settings)
 
 
 def _back_to_scan_on_host(logits: torch.Tensor, model_affine, scan: Scan, settings: Settings) -> np.ndarray:
