@@ -26,7 +26,10 @@ from common import (
     DATA,
     ROOT,
     benchmark_scan,
+    invocation_breakdown,
+    json_events,
     mean_dice,
+    median,
     run_measured,
     standard_checkpoint,
     trained_checkpoint,
@@ -35,10 +38,6 @@ from common import (
 
 UNETR = [sys.executable, "-m", "unetr_cli", "predict"]
 GIB = 2**30
-
-
-def events(stdout: str, kind: str) -> list[dict]:
-    return [json.loads(x) for x in stdout.splitlines() if x.startswith("{") and f'"event": "{kind}"' in x]
 
 
 def main() -> None:
@@ -80,14 +79,18 @@ def main() -> None:
         return run_measured([*command, "--overwrite", "--json", *flags])
 
     def peak(run: dict) -> float:
-        return (events(run["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0) / GIB
+        return (json_events(run["stdout"], "summary")[0]["peak_gpu_memory_bytes"] or 0) / GIB
 
     batch_run = unetr(batch, DATA / "gpu_out", standard, args.device)
-    done = [e["time"] for e in events(batch_run["stdout"], "predicted")]
+    predicted = json_events(batch_run["stdout"], "predicted")
+    done = [e["time"] for e in predicted]
+    stage_names = predicted[0]["stages"] if predicted else {}
+    stage_means = {k: median([e["stages"][k] for e in predicted[1:] or predicted]) for k in stage_names}
     result.update(
         batch_size=len(done),
         unetr_seconds_per_scan_in_batch=(done[-1] - done[0]) / (len(done) - 1),
         unetr_batch_wall_seconds=batch_run["seconds"],
+        unetr_batch_stage_medians=stage_means,  # read and write overlap the GPU work on CUDA
         peak_gpu_memory_gb={"unetr_batch": peak(batch_run)},
         peak_rss_gb={"unetr_batch": batch_run["peak_rss_mb"] / 1024},
     )
@@ -96,13 +99,16 @@ def main() -> None:
         f"unetr predict, batch of {len(done)}: {result['unetr_seconds_per_scan_in_batch']:.2f} s/scan",
         flush=True,
     )
+    print(f"  stage medians (s): {stage_means}", flush=True)
 
     single = unetr(scan, DATA / "gpu_single.nii.gz", standard, args.device)
     result["unetr_single_wall_seconds"] = single["seconds"]
+    result["unetr_single_breakdown"] = invocation_breakdown(single)
     result["peak_gpu_memory_gb"]["unetr_single"] = peak(single)
     result["peak_rss_gb"]["unetr_single"] = single["peak_rss_mb"] / 1024
     write_result("gpu_predict", result)
     print(f"unetr predict, one scan: {single['seconds']:.1f} s wall, {peak(single):.2f} GB GPU", flush=True)
+    print(f"  where it went (s): {result['unetr_single_breakdown']}", flush=True)
 
     reference = [
         sys.executable,

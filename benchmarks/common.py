@@ -17,24 +17,52 @@ DATA = ROOT / ".data"
 
 
 def run_measured(command: list[str], env: dict | None = None) -> dict:
-    """Run a command in a child process; return wall seconds, the child's peak RSS (MB) and its output.
+    """Run a command in a child process; return wall seconds (and the wall-clock times it started and ended,
+    to place the child's timestamped `--json` events), the child's peak RSS (MB) and its output.
 
     The output goes to temporary files, not pipes: a child that prints more than a pipe holds (64 KB, a long
     `unetr train --json`) would otherwise block until it is read, and it is read only after the child ends.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         environment = {**os.environ, **(env or {})}
         child = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=environment)
         _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - started
+        seconds, ended_at = time.perf_counter() - started, time.time()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({code}):\n{stderr[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024.0, "stdout": stdout, "stderr": stderr}
+    return {
+        "seconds": seconds,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "peak_rss_mb": usage.ru_maxrss / 1024.0,
+        "stdout": stdout,
+        "stderr": stderr,
+    }
+
+
+def json_events(stdout: str, kind: str) -> list[dict]:
+    """The `--json` events of one kind in a child's output."""
+    lines = (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+    return [event for event in lines if event.get("event") == kind]
+
+
+def invocation_breakdown(run: dict) -> dict:
+    """Where the wall time of one `unetr predict --json` invocation of one scan went: start-up (interpreter,
+    imports, weights, model on the device), the scan's stages, and the exit after the summary."""
+    ready = json_events(run["stdout"], "ready")[0]
+    predicted = json_events(run["stdout"], "predicted")[0]
+    summary = json_events(run["stdout"], "summary")[0]
+    return {
+        "wall_s": round(run["seconds"], 3),
+        "startup_s": round(ready["time"] - run["started_at"], 3),
+        **{f"{name}_s": seconds for name, seconds in predicted["stages"].items()},
+        "exit_s": round(run["ended_at"] - summary["time"], 3),
+    }
 
 
 def median(values: list[float]) -> float:

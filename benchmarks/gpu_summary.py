@@ -91,6 +91,13 @@ def main() -> None:
             lines.append(row(what, "not measured", target, None))
         else:
             lines.append(row(what, f"{value:.3g}", target, met(value) if met else None))
+    for key, what in (
+        ("unetr_single_breakdown", "one predict invocation"),
+        ("unetr_batch_stage_medians", "per scan in the batch"),
+    ):
+        if predict.get(key):
+            parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in predict[key].items())
+            lines.append(f"\n{what}, seconds: {parts}")
     print("\n".join(lines))
 
 
