@@ -327,7 +327,45 @@ def test_first_epoch_tells_the_pace_and_warns_up_front_when_far_slower_than_expe
         SettingsSources(preset="tiny-cpu"),
         {"data.data_dir": tiny_dataset, "runtime.seed": 0, "optimisation.max_epochs": 2},
     )
-    fit(settings, RunDir(tmp_path / "run"), Reporter("rich"), RunOptions(expected_minutes=expected_minutes))
+    result = fit(
+        settings, RunDir(tmp_path / "run"), Reporter("rich"), RunOptions(expected_minutes=expected_minutes)
+    )
     output = capsys.readouterr()
-    assert "s per step; about" in output.out + output.err
+    assert "s per step (" in output.out + output.err and "% of it waiting for data); about" in output.out
     assert ("trains slower than expected" in output.err) is warned
+    assert all(0 <= r["data_wait_s"] <= r["seconds"] for r in result.history)
+
+
+def test_data_wait_counts_the_time_the_loop_waits_for_batches():
+    from unetr_cli.training.engine import _DataWait
+
+    def slow_batches():
+        for index in range(3):
+            time.sleep(0.05)
+            yield index
+
+    wait = _DataWait()
+    assert list(wait.batches(slow_batches())) == [0, 1, 2]
+    assert wait.seconds >= 0.15
+
+
+def test_the_model_trains_on_plain_tensors(tiny_dataset, tmp_path, monkeypatch):
+    """MONAI's MetaTensors stop at the model's door: inside it, every op would pay for metadata handling."""
+    from unetr_cli.console import Reporter
+    from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training import engine
+    from unetr_cli.training.rundir import RunDir
+
+    seen = set()
+    monkeypatch.setattr(engine, "build_model", lambda s, build=engine.build_model: _recorded(build(s), seen))
+    settings = resolve_settings(
+        SettingsSources(preset="tiny-cpu"),
+        {"data.data_dir": tiny_dataset, "runtime.seed": 0, "optimisation.max_epochs": 1},
+    )
+    engine.fit(settings, RunDir(tmp_path / "run"), Reporter("quiet"), engine.RunOptions())
+    assert seen == {torch.Tensor}
+
+
+def _recorded(model: torch.nn.Module, seen: set) -> torch.nn.Module:
+    model.register_forward_pre_hook(lambda module, args: seen.add(type(args[0])))
+    return model
