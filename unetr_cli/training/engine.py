@@ -40,6 +40,7 @@ from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
 from unetr_cli.model import build_model, load_state
 from unetr_cli.settings import Settings
+from unetr_cli.training.pipeline import metadata_untracked, training_data
 from unetr_cli.training.progress import (
     Bars,
     announce,
@@ -178,7 +179,6 @@ def _set_up(
 ) -> _Training:
     """Process group, run folder, data, model, optimiser and AMP scaler; the loop state of a resumed run."""
     from unetr_cli.data import read_datalist
-    from unetr_cli.training.pipeline import training_data
 
     device = rank_device(resolve_device(settings.inference.device))
     env = distributed.init(device, settings.runtime.dist_timeout_s)
@@ -280,31 +280,20 @@ def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequ
     epoch_start, losses, data = time.monotonic(), [], _DataWait()
     steps_per_epoch = len(training.loader)
     bars.start_epoch(steps_per_epoch)
-    for batch in data.batches(training.loader):
-        lr = learning_rate(
-            opt.lrschedule,
-            step_position(state.step, steps_per_epoch),
-            training.base_lr,
-            opt.warmup_epochs,
-            opt.max_epochs,
-        )
-        for group in training.optimizer.param_groups:
-            group["lr"] = lr
-        # Plain tensors for the model: a MetaTensor would route every op of the step through MONAI's metadata
-        # handling (ten times the Python calls of the step, measured).
-        image = batch["image"].as_subclass(torch.Tensor).to(device, non_blocking=True)
-        label = batch["label"].as_subclass(torch.Tensor).to(device, non_blocking=True)
-        with autocast(device, training.amp_dtype):
-            logits = training.trained(image)
-        loss = training.loss_fn(logits.float(), label)
-        training.optimizer.zero_grad(set_to_none=True)
-        training.scaler.scale(loss).backward()
-        training.scaler.step(training.optimizer)
-        training.scaler.update()
-        losses.append(loss.detach())  # no host sync per step: the GPU never waits for the loop
-        state.step += 1
-        bars.step(lambda loss=loss, lr=lr: f"loss {loss.item():.4f}  lr {lr:.2e}")
-        stop.check()
+    with metadata_untracked(training.settings):
+        for batch in data.batches(training.loader):
+            lr = learning_rate(
+                opt.lrschedule,
+                step_position(state.step, steps_per_epoch),
+                training.base_lr,
+                opt.warmup_epochs,
+                opt.max_epochs,
+            )
+            loss = _train_step(training, batch, lr)
+            losses.append(loss)  # no host sync per step: the GPU never waits for the loop
+            state.step += 1
+            bars.step(lambda loss=loss, lr=lr: f"loss {loss.item():.4f}  lr {lr:.2e}")
+            stop.check()
     epoch_loss = _mean_loss(losses, device)
     if not math.isfinite(epoch_loss):
         raise TrainingError(
@@ -321,6 +310,24 @@ def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequ
         "data_wait_s": round(data.seconds, 3),
         "elapsed_s": round(time.monotonic() - started, 3),
     }
+
+
+def _train_step(training: _Training, batch: dict, lr: float) -> torch.Tensor:
+    """One optimiser step on `batch` at learning rate `lr`; returns the loss, still on the device."""
+    for group in training.optimizer.param_groups:
+        group["lr"] = lr
+    # Plain tensors for the model: a MetaTensor would route every op of the step through MONAI's metadata
+    # handling (ten times the Python calls of the step, measured).
+    image = batch["image"].as_subclass(torch.Tensor).to(training.device, non_blocking=True)
+    label = batch["label"].as_subclass(torch.Tensor).to(training.device, non_blocking=True)
+    with autocast(training.device, training.amp_dtype):
+        logits = training.trained(image)
+    loss = training.loss_fn(logits.float(), label)
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scaler.scale(loss).backward()
+    training.scaler.step(training.optimizer)
+    training.scaler.update()
+    return loss.detach()
 
 
 class _DataWait:

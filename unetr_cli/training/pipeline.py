@@ -19,6 +19,7 @@ pipeline, so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -153,6 +154,22 @@ def _cached(cases: list[dict], steps: list, settings: Settings, copy_cache: bool
         progress=False,
         copy_cache=copy_cache,
     )
+
+
+@contextlib.contextmanager
+def metadata_untracked(settings: Settings):
+    """MONAI's metadata tracking off while an epoch's batches are made from fully cached volumes (MONAI's
+    fast-training recipe): crops and augmentation need no affine, and carrying it is most of their Python
+    work, which on a GPU competes with the training step for the interpreter. Volumes still to be read and
+    resampled (a cache rate below 1) need it, so it stays on for them."""
+    from monai.data import get_track_meta, set_track_meta
+
+    tracked = get_track_meta()
+    set_track_meta(tracked and settings.data.cache_rate < 1.0)
+    try:
+        yield
+    finally:
+        set_track_meta(tracked)
 
 
 def _cache_threads(settings: Settings) -> int:
