@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
+    # a trial on the CPU must not overwrite the GPU's numbers
+    results_name = "gpu_predict" if args.device.startswith("cuda") else "gpu_predict_trial_" + args.device
 
     import torch
 
@@ -94,7 +96,7 @@ def main() -> None:
         peak_gpu_memory_gb={"unetr_batch": peak(batch_run)},
         peak_rss_gb={"unetr_batch": batch_run["peak_rss_mb"] / 1024},
     )
-    write_result("gpu_predict", result)  # after every stage: a run cut short keeps what it measured
+    write_result(results_name, result)  # after every stage: a run cut short keeps what it measured
     print(
         f"unetr predict, batch of {len(done)}: {result['unetr_seconds_per_scan_in_batch']:.2f} s/scan",
         flush=True,
@@ -106,7 +108,7 @@ def main() -> None:
     result["unetr_single_breakdown"] = invocation_breakdown(single)
     result["peak_gpu_memory_gb"]["unetr_single"] = peak(single)
     result["peak_rss_gb"]["unetr_single"] = single["peak_rss_mb"] / 1024
-    write_result("gpu_predict", result)
+    write_result(results_name, result)
     print(f"unetr predict, one scan: {single['seconds']:.1f} s wall, {peak(single):.2f} GB GPU", flush=True)
     print(f"  where it went (s): {result['unetr_single_breakdown']}", flush=True)
 
@@ -128,7 +130,7 @@ def main() -> None:
     )
     result["peak_gpu_memory_gb"]["baseline"] = (baseline_peak or 0) / GIB
     result["peak_rss_gb"]["baseline"] = baseline["peak_rss_mb"] / 1024
-    write_result("gpu_predict", result)
+    write_result(results_name, result)
     print(f"reference-style GPU pipeline: {baseline['seconds']:.1f} s wall", flush=True)
 
     trained, agreement = trained_checkpoint(), {}
@@ -138,7 +140,7 @@ def main() -> None:
             unetr(scan, output, trained, device, *flags)
         agreement[name] = mean_dice(outputs[args.device], outputs["cpu"])
         result["agreement_mean_organ_dice_gpu_vs_cpu"] = agreement
-        write_result("gpu_predict", result)
+        write_result(results_name, result)
         print(f"labels GPU path vs CPU path ({name}): mean organ Dice {agreement[name]:.4f}", flush=True)
 
 
