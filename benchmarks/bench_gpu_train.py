@@ -132,7 +132,7 @@ def main() -> None:
     result = {
         "device": args.device,
         "preset": args.preset,
-        "data": f"{args.training_cases} training + 1 validation phantoms, 256x256x100, 4 crops of 96^3/step",
+        "data": f"{args.training_cases} training + 1 validation phantoms of 256x256x100",
         "pure_seconds_per_step": pure,
         "unetr_seconds_per_step": unetr_step,
         "unetr_ratio_to_pure_bf16": unetr_step / pure["bf16"],

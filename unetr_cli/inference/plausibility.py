@@ -153,17 +153,11 @@ def find_body(image: np.ndarray, affine: np.ndarray) -> Body | None:
 def _mean_index(mask: np.ndarray, count: int) -> np.ndarray:
     """The mean voxel index (3,) of a mask's `count` voxels, from its sums along each axis (no list of
     millions of indices)."""
-    return (
-        np.array(
-            [
-                np.dot(
-                    np.arange(size), mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
-                )
-                for axis, size in enumerate(mask.shape)
-            ]
-        )
-        / count
-    )
+    means = []
+    for axis, size in enumerate(mask.shape):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        means.append(np.dot(np.arange(size), mask.sum(axis=others, dtype=np.int64)) / count)
+    return np.array(means)
 
 
 def orientation_before_inference(body: Body | None) -> list[str]:
