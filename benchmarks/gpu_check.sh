@@ -26,8 +26,10 @@ site=$($py -c "import monai, os; print(os.path.dirname(os.path.dirname(monai.__f
 timeout 120 $py -m compileall -q -j 0 "$site" unetr_cli > /dev/null 2>&1
 stamp "bytecode compiled for $site and unetr_cli (PYTHONDONTWRITEBYTECODE=${PYTHONDONTWRITEBYTECODE:-unset})"
 
-# The CPU side of the suite, on a share of the cores, while the GPU tests run.
-OMP_NUM_THREADS=6 timeout -s INT -k 20 ${CPU_SUITE_S:-420} $py -m pytest -ra --durations=15 -q -m "not gpu" -p no:cacheprovider --basetemp=/tmp/unetr-cpu-tests \
+# The CPU side of the suite, on a share of the cores, while the GPU tests run: in 4 processes of 2 threads when
+# pytest-xdist is there (carry its wheel: fetch-wheels.sh pytest-xdist execnet), else in one of 6 threads.
+if $py -c "import xdist" 2>/dev/null; then parallel="-n 4 --dist loadfile" threads=2; else parallel="" threads=6; fi
+OMP_NUM_THREADS=$threads timeout -s INT -k 20 ${CPU_SUITE_S:-420} $py -m pytest $parallel -ra --durations=15 -q -m "not gpu" -p no:cacheprovider --basetemp=/tmp/unetr-cpu-tests \
   --junitxml="$out/cpu_suite.xml" > "$out/cpu_suite.log" 2>&1 &
 cpu_suite=$!
 
