@@ -126,10 +126,14 @@ def test_device_path_on_cpu_tensors_equals_the_host_path(tmp_path, segmenter, or
     """The GPU path (preprocessing, windows and resampling on the scan's device) run on CPU tensors, so CI
     checks its logic: the label map is the host path's."""
     from unetr_cli.inference.scan import _segment_on_device, _segment_on_host, read_scan
+    from unetr_cli.inference.stages import StageTimes
 
     phantom = make_phantom(8, (96, 80, 36), orientation=orientation, oblique_degrees=oblique)
     scan = read_scan(write_scan(tmp_path / "scan.nii.gz", phantom.image, phantom.affine))
-    on_device, on_host = _segment_on_device(scan, segmenter), _segment_on_host(scan, segmenter)
+    stages = StageTimes()
+    on_device = _segment_on_device(scan, segmenter, stages)
+    on_host = _segment_on_host(scan, segmenter, StageTimes())
+    assert list(stages) == ["preprocess", "windows", "to_scan_grid"]  # the device path times its stages
     assert on_device.shape == phantom.image.shape and on_device.dtype == np.uint8
     assert (on_device == on_host).mean() > 0.9999
     assert (on_device == 1).mean() > 0.01
