@@ -87,7 +87,11 @@ def test_predict_on_cuda_with_every_option(trained_run, gpu_scans, tmp_path):
         "--json",
     )
     assert result.exit_code == 0, result.output
-    assert len(_events(result.stdout, "predicted")) == 2
+    predicted = _events(result.stdout, "predicted")
+    assert len(predicted) == 2
+    for event in predicted:  # each stage ends when its queued GPU work has finished
+        assert set(event["stages"]) >= {"read", "preprocess", "windows", "to_scan_grid", "write"}
+        assert event["stages"]["windows"] > 0
     for name in ("lps", "oblique"):
         assert (out / f"{name}_seg.nii.gz").is_file() and (out / f"{name}_seg_preview.png").is_file()
         stats = json.loads((out / f"{name}_seg_stats.json").read_text())
@@ -178,6 +182,7 @@ def test_train_on_cuda(tiny_dataset, tmp_path, amp_dtype, precision, pipeline):
     assert expected in start["data"], start["data"]
     epochs = _events(result.stdout, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(np.isfinite(e["loss"]) for e in epochs)
+    assert all(0 <= e["data_wait_s"] <= e["seconds"] for e in epochs)
     assert epochs[-1]["loss"] < epochs[0]["loss"] and epochs[-1]["mean_dice"] >= 0
     scaler = safe_load(run / "checkpoint_final.pt")["scaler"]
     assert bool(scaler) == (amp_dtype == "fp16")  # a GradScaler state only where fp16 needs one
