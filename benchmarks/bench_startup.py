@@ -47,7 +47,7 @@ def main() -> None:
         "seconds": parts,
         "runs": runs,
     }
-    name = "startup_" + args.device.split(":")[0]
+    name = f"startup_{args.device.split(':')[0]}_{args.slices}"
     print(f"wrote {write_result(name, result)}")
 
 

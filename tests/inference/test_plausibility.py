@@ -86,6 +86,25 @@ def test_front_back_and_up_down_flips_are_named(phantom, axis, message):
     assert report.has_flags
 
 
+@pytest.mark.parametrize(
+    ("axis", "message"),
+    [(None, None), (0, "left/right looks reversed"), (2, "up/down looks reversed")],
+)
+def test_orientation_of_a_large_label_map_is_judged_on_a_subsample(phantom, axis, message):
+    from unetr_cli.inference.plausibility import ORIENTATION_VOXELS, find_body, orientation_after_inference
+
+    def upsampled(volume):
+        return np.repeat(np.repeat(np.repeat(volume, 3, axis=0), 3, axis=1), 4, axis=2)
+
+    large = upsampled(phantom.label).astype(np.uint8)
+    assert round((large.size / ORIENTATION_VOXELS) ** (1 / 3)) >= 2  # every second voxel per axis or fewer
+    affine = phantom.affine @ np.diag([1 / 3, 1 / 3, 1 / 4, 1.0])
+    affine = affine if axis is None else mirrored(affine, axis)
+    body = find_body(upsampled(phantom.image), affine)  # its midline comes from every voxel's position
+    problems = orientation_after_inference(large, affine, body)
+    assert problems == [] if message is None else len(problems) == 1 and problems[0].startswith(message)
+
+
 def test_organ_cut_by_the_field_of_view(phantom):
     liver = np.argwhere(phantom.label == 6)
     middle = int(np.median(liver[:, 2]))  # a scan that stops halfway through the liver
