@@ -336,19 +336,6 @@ def test_first_epoch_tells_the_pace_and_warns_up_front_when_far_slower_than_expe
     assert all(0 <= r["data_wait_s"] <= r["seconds"] for r in result.history)
 
 
-def test_data_wait_counts_the_time_the_loop_waits_for_batches():
-    from unetr_cli.training.engine import _DataWait
-
-    def slow_batches():
-        for index in range(3):
-            time.sleep(0.05)
-            yield index
-
-    wait = _DataWait()
-    assert list(wait.batches(slow_batches())) == [0, 1, 2]
-    assert wait.seconds >= 0.15
-
-
 def test_the_model_trains_on_plain_tensors(tiny_dataset, tmp_path, monkeypatch):
     """MONAI's MetaTensors stop at the model's door: inside it, every op would pay for metadata handling."""
     from unetr_cli.console import Reporter

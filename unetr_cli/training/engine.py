@@ -40,7 +40,7 @@ from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
 from unetr_cli.model import build_model, load_state
 from unetr_cli.settings import Settings
-from unetr_cli.training.pipeline import metadata_untracked, training_data
+from unetr_cli.training.pipeline import DataWait, metadata_untracked, training_data
 from unetr_cli.training.progress import (
     Bars,
     announce,
@@ -277,7 +277,7 @@ def _train_one_epoch(training: _Training, epoch: int, bars: Bars, stop: StopRequ
     _reseed(training.settings.runtime.seed, epoch, training.env.rank, training.train_set)
     training.loader.sampler.set_epoch(epoch)
     training.trained.train()
-    epoch_start, losses, data = time.monotonic(), [], _DataWait()
+    epoch_start, losses, data = time.monotonic(), [], DataWait()
     steps_per_epoch = len(training.loader)
     bars.start_epoch(steps_per_epoch)
     with metadata_untracked(training.settings):
@@ -328,24 +328,6 @@ def _train_step(training: _Training, batch: dict, lr: float) -> torch.Tensor:
     training.scaler.step(training.optimizer)
     training.scaler.update()
     return loss.detach()
-
-
-class _DataWait:
-    """The seconds the training loop spent waiting for its next batch: the share of a step the data pipeline
-    did not hide behind the model's work."""
-
-    def __init__(self):
-        self.seconds = 0.0
-
-    def batches(self, loader):
-        batches = iter(loader)
-        while True:
-            asked = time.perf_counter()
-            batch = next(batches, None)
-            self.seconds += time.perf_counter() - asked
-            if batch is None:
-                return
-            yield batch
 
 
 def _reseed(seed: int, epoch: int, rank: int, dataset) -> None:

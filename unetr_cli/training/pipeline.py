@@ -14,7 +14,8 @@ the first random transform; the crop samplers' voxel indices are computed once a
 `auto` picks `device` on a GPU when the estimated cache fits in half of its free memory, `host` on a GPU
 otherwise, and `workers` on a CPU. Each rank of a multi-GPU run caches only its own shard of the volumes
 (`device`/`host`); every epoch's order, crops and augmentations are a function of (seed, epoch, rank) on every
-pipeline, so a resumed run continues exactly.
+pipeline, so a resumed run continues exactly. `DataWait` measures what a pipeline did not hide: the time the
+training loop waited for its batches.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,6 +172,24 @@ def metadata_untracked(settings: Settings):
         yield
     finally:
         set_track_meta(tracked)
+
+
+class DataWait:
+    """The seconds the training loop spent waiting for its next batch: the share of a step the data pipeline
+    did not hide behind the model's work."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def batches(self, loader):
+        batches = iter(loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            self.seconds += time.perf_counter() - asked
+            if batch is None:
+                return
+            yield batch
 
 
 def _cache_threads(settings: Settings) -> int:
