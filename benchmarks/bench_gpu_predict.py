@@ -87,12 +87,12 @@ def main() -> None:
     predicted = json_events(batch_run["stdout"], "predicted")
     done = [e["time"] for e in predicted]
     stage_names = predicted[0]["stages"] if predicted else {}
-    stage_means = {k: median([e["stages"][k] for e in predicted[1:] or predicted]) for k in stage_names}
+    stage_medians = {k: median([e["stages"][k] for e in predicted[1:] or predicted]) for k in stage_names}
     result.update(
         batch_size=len(done),
         unetr_seconds_per_scan_in_batch=(done[-1] - done[0]) / (len(done) - 1),
         unetr_batch_wall_seconds=batch_run["seconds"],
-        unetr_batch_stage_medians=stage_means,  # read and write overlap the GPU work on CUDA
+        unetr_batch_stage_medians=stage_medians,  # read and write overlap the GPU work on CUDA
         peak_gpu_memory_gb={"unetr_batch": peak(batch_run)},
         peak_rss_gb={"unetr_batch": batch_run["peak_rss_mb"] / 1024},
     )
@@ -101,7 +101,7 @@ def main() -> None:
         f"unetr predict, batch of {len(done)}: {result['unetr_seconds_per_scan_in_batch']:.2f} s/scan",
         flush=True,
     )
-    print(f"  stage medians (s): {stage_means}", flush=True)
+    print(f"  stage medians (s): {stage_medians}", flush=True)
 
     single = unetr(scan, DATA / "gpu_single.nii.gz", standard, args.device)
     result["unetr_single_wall_seconds"] = single["seconds"]

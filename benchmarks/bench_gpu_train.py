@@ -22,7 +22,16 @@ import json
 import sys
 import time
 
-from common import DATA, ROOT, median, run_measured, standard_checkpoint, trained_checkpoint, write_result
+from common import (
+    DATA,
+    ROOT,
+    json_events,
+    median,
+    run_measured,
+    standard_checkpoint,
+    trained_checkpoint,
+    write_result,
+)
 
 GIB = 2**30
 
@@ -116,10 +125,9 @@ def main() -> None:
     ]
     command += ["--no-save-checkpoint", "--device", args.device, "--preset", args.preset]
     unetr = run_measured(command)
-    lines = [json.loads(x) for x in unetr["stdout"].splitlines() if x.startswith("{")]
-    start = next(e for e in lines if e["event"] == "start")
-    epochs = [e for e in lines if e["event"] == "epoch"]
-    finish = next(e for e in lines if e["event"] == "finish")
+    start = json_events(unetr["stdout"], "start")[0]
+    epochs = json_events(unetr["stdout"], "epoch")
+    finish = json_events(unetr["stdout"], "finish")[0]
     steps = start["steps_per_epoch"]
     unetr_step = median([e["seconds"] / steps for e in epochs[1:]])
     data_wait = median([e["data_wait_s"] / e["seconds"] for e in epochs[1:]])

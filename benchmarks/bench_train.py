@@ -10,11 +10,10 @@ compete with the model for the same cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from common import DATA, median, run_measured, write_result
+from common import DATA, json_events, median, run_measured, write_result
 
 
 def pure_step_seconds(amp: bool, steps: int = 4) -> float:
@@ -82,7 +81,7 @@ def main() -> None:
     if not amp:
         command.append("--no-amp")
     measured = run_measured(command)
-    epochs = [json.loads(line) for line in measured["stdout"].splitlines() if '"event": "epoch"' in line]
+    epochs = json_events(measured["stdout"], "epoch")
     steps = epochs[0]["step"]
     per_step = median([e["seconds"] / steps for e in epochs[1:]])  # the first epoch warms up
     pure = pure_step_seconds(amp)
