@@ -6,8 +6,9 @@ the first random transform; the crop samplers' voxel indices are computed once a
 - `device`: volumes cached on the training device; crops, flips, rotations and intensity jitter run there as
   tensor ops, in a loader thread (MONAI's ThreadDataLoader) that prepares the next batch while the model
   trains on this one. What a GPU wants when the dataset fits in its memory.
-- `host`: volumes cached in host memory; the crops are cut there and only they move to the device, where the
-  rest of the augmentation runs, in the same loader thread. When the cache does not fit on the GPU.
+- `host`: volumes cached in host memory; the crops are cut there and only they move to the device (through
+  pinned memory, without blocking the loader thread), where the rest of the augmentation runs, in the same
+  loader thread. When the cache does not fit on the GPU.
 - `workers`: today's DataLoader with worker processes (0 on a CPU-only machine, where processes compete with
   the compute threads), everything on the CPU.
 
@@ -117,11 +118,27 @@ def training_dataset(cases: list[dict], settings: Settings, pipeline: str, devic
     to_device = [T.EnsureTyped(keys=("image", "label"), device=device, track_meta=False)]
     steps = {
         "device": [*prepare, *sample, *to_device, crop, *augment],
-        "host": [*prepare, *sample, crop, *to_device, *augment],
+        "host": [*prepare, *sample, crop, *_crops_to_device(device), *augment],
         "workers": [*prepare, *sample, crop, *augment],
     }[pipeline]
     # copy_cache off: the first random step crops, so cached volumes are never modified
     return _cached(cases, steps, settings, copy_cache=False)
+
+
+def _crops_to_device(device: torch.device) -> list:
+    """The `host` pipeline's crossing: on a GPU each crop is copied into pinned (page-locked) memory and from
+    there to the GPU without blocking, so the loader thread goes on to the next batch instead of waiting for
+    the training step already queued on the GPU, as a copy from ordinary host memory would."""
+    from monai import transforms as T
+
+    keys = ("image", "label")
+    if device.type != "cuda":
+        return [T.EnsureTyped(keys=keys, device=device, track_meta=False)]
+    return [
+        T.EnsureTyped(keys=keys, track_meta=False),
+        T.Lambdad(keys=keys, func=torch.Tensor.pin_memory),
+        T.ToDeviced(keys=keys, device=device, non_blocking=True),
+    ]
 
 
 def _random_steps(settings: Settings) -> tuple[list, object, list]:
