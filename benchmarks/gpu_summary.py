@@ -1,4 +1,5 @@
-"""The summary table of `gpu_check.sh`: test counts, and each GPU benchmark number against its target.
+"""The summary table of `gpu_check.sh`: test counts, and each GPU benchmark number against its target, from
+what that call measured (the JUnit files and the gpu_*.json copies in its RESULTS_DIR).
 
 python benchmarks/gpu_summary.py RESULTS_DIR
 """
@@ -9,8 +10,6 @@ import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def tests(path: Path) -> str:
@@ -23,8 +22,8 @@ def tests(path: Path) -> str:
     return f"{passed} passed, {counts['failures'] + counts['errors']} failed, {counts['skipped']} skipped"
 
 
-def load(name: str) -> dict:
-    path = RESULTS / f"{name}.json"
+def load(out: Path, name: str) -> dict:
+    path = out / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -35,7 +34,7 @@ def row(what: str, value, target: str, ok: bool | None) -> str:
 
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/.data/gpu_check")
-    predict, train = load("gpu_predict"), load("gpu_train")
+    predict, train = load(out, "gpu_predict"), load(out, "gpu_train")
     gpu = (predict or train).get("machine", {}).get("gpu")
     lines = [f"GPU: {gpu}", "", "| what | measured | target | met |", "| --- | --- | --- | --- |"]
     lines.append(row("gpu tests", tests(out / "gpu_tests.xml"), "all pass", None))
