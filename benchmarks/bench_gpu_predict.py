@@ -3,7 +3,8 @@
 Measured in one run, on the standard UNETR with random weights (the same file for both pipelines):
 - the reference-style pipeline (`baseline_predict.py --device cuda`: MONAI transforms on the CPU, windows on
   the GPU, Invertd of the 14-channel output on the CPU), wall time including start-up;
-- `unetr predict` (defaults, `--device cuda`) as a single invocation, start-up included;
+- `unetr predict` (defaults, `--device cuda`) as a single invocation, start-up included, taken apart, and what
+  any process pays before it (`common.platform_floors`: the interpreter, imports, CUDA context, cuDNN);
 - `unetr predict` on a batch of the same scan under N names: seconds per scan in the steady state (the mean
   interval between consecutive scans finishing);
 - peak GPU memory (the allocator's reserve) and peak host RSS of each;
@@ -30,6 +31,7 @@ from common import (
     json_events,
     mean_dice,
     median,
+    platform_floors,
     run_measured,
     standard_checkpoint,
     trained_checkpoint,
@@ -111,6 +113,9 @@ def main() -> None:
     write_result(results_name, result)
     print(f"unetr predict, one scan: {single['seconds']:.1f} s wall, {peak(single):.2f} GB GPU", flush=True)
     print(f"  where it went (s): {result['unetr_single_breakdown']}", flush=True)
+    result["platform_floors"] = platform_floors(args.device, runs=2)
+    write_result(results_name, result)
+    print(f"  what any process pays first (s): {result['platform_floors']}", flush=True)
 
     reference = [
         sys.executable,

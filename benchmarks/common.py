@@ -65,6 +65,32 @@ def invocation_breakdown(run: dict) -> dict:
     }
 
 
+_FIRST_KERNELS = """
+import torch
+d = torch.device({device!r})
+x, w = torch.zeros(1, 1, 16, 16, 16, device=d), torch.zeros(8, 1, 3, 3, 3, device=d)
+torch.nn.functional.conv3d(x, w)
+torch.zeros(64, 64, device=d) @ torch.zeros(64, 64, device=d)
+torch.cuda.synchronize() if d.type == "cuda" else None
+"""
+
+
+def platform_floors(device: str, runs: int = 3) -> dict:
+    """What any process pays before `unetr` does anything of its own, in seconds (median of `runs` fresh
+    interpreters each): the interpreter, `import torch`, `import torch, monai`, and torch with its first
+    convolution and matrix product on `device` (on a GPU: the CUDA context and loading cuDNN and cuBLAS)."""
+    probes = {
+        "python_s": "pass",
+        "import_torch_s": "import torch",
+        "import_torch_monai_s": "import torch, monai",
+        "torch_first_kernels_s": _FIRST_KERNELS.format(device=device),
+    }
+    return {
+        name: round(median([run_measured([sys.executable, "-c", code])["seconds"] for _ in range(runs)]), 3)
+        for name, code in probes.items()
+    }
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

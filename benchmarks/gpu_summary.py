@@ -92,6 +92,7 @@ def main() -> None:
             lines.append(row(what, f"{value:.3g}", target, met(value) if met else None))
     for key, what in (
         ("unetr_single_breakdown", "one predict invocation"),
+        ("platform_floors", "what any process pays first"),
         ("unetr_batch_stage_medians", "per scan in the batch"),
     ):
         if predict.get(key):
