@@ -74,21 +74,45 @@ torch.zeros(64, 64, device=d) @ torch.zeros(64, 64, device=d)
 torch.cuda.synchronize() if d.type == "cuda" else None
 """
 
+_FIRST_WINDOWS = """
+import json, time, torch
+from unetr_cli.inference.segmenter import Segmenter
+from unetr_cli.model import build_model
+from unetr_cli.settings import SettingsSources, resolve_settings
+settings = resolve_settings(SettingsSources())
+d = torch.device({device!r})
+segmenter = Segmenter(build_model(settings.model), settings, d)
+size = settings.model.img_size
+image = torch.rand(1, 1, size, size, 2 * size, device=d)  # two windows, as in every scan
+seconds = []
+for _ in range(2):
+    started = time.perf_counter()
+    segmenter.logits(image)
+    seconds.append(time.perf_counter() - started)  # logits() ends in a host sync (its finiteness check)
+print(json.dumps(seconds))
+"""
+
 
 def platform_floors(device: str, runs: int = 3) -> dict:
     """What any process pays before `unetr` does anything of its own, in seconds (median of `runs` fresh
     interpreters each): the interpreter, `import torch`, `import torch, monai`, and torch with its first
-    convolution and matrix product on `device` (on a GPU: the CUDA context and loading cuDNN and cuBLAS)."""
+    convolution and matrix product on `device` (on a GPU: the CUDA context and loading cuDNN and cuBLAS).
+    Then what the first windows of a process cost against the next ones: the standard UNETR's first
+    sliding-window call on `device` (two windows; on a GPU it picks and loads every kernel the model needs)
+    and its second."""
     probes = {
         "python_s": "pass",
         "import_torch_s": "import torch",
         "import_torch_monai_s": "import torch, monai",
         "torch_first_kernels_s": _FIRST_KERNELS.format(device=device),
     }
-    return {
+    floors = {
         name: round(median([run_measured([sys.executable, "-c", code])["seconds"] for _ in range(runs)]), 3)
         for name, code in probes.items()
     }
+    windows = run_measured([sys.executable, "-c", _FIRST_WINDOWS.format(device=device)])
+    first, second = json.loads(windows["stdout"].strip().splitlines()[-1])
+    return {**floors, "first_two_windows_s": round(first, 3), "next_two_windows_s": round(second, 3)}
 
 
 def median(values: list[float]) -> float:
