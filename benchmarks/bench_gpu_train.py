@@ -3,7 +3,8 @@
 Measured in one run on the same phantoms (256 x 256 x 100; by default 24 for training, the BTCV training set's
 size, so an epoch has the reference recipe's 24 steps; standard config: 4 crops of 96^3 per step):
 - the pure step: forward + backward + AdamW on random tensors already on the GPU (bf16 autocast; fp16 with
-  GradScaler too, the reference's precision);
+  GradScaler too, the reference's precision), and the host's seconds to queue it (launch-bound when they are
+  near the step's); the same for the `demo` preset's small model, whose steps set the demo's pace;
 - `unetr train` (defaults: bf16, the data pipeline `auto` picks): median seconds per step over the epochs
   after the first, the share of it spent waiting for data, crops per second, peak GPU memory and host RSS;
 - the reference-style loop (`baseline_train.py`: CPU transforms, a DataLoader with 4 worker processes, fp16 +
@@ -36,8 +37,10 @@ from common import (
 GIB = 2**30
 
 
-def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int = 10) -> float:
-    """fwd + bwd + AdamW of the preset's UNETR on 4 random crops already on the device."""
+def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int = 10) -> dict:
+    """fwd + bwd + AdamW of the preset's UNETR on one step's random crops already on the device: the median
+    seconds per step, and of them the seconds the host took to queue the step's work (on a GPU, a step whose
+    queueing takes as long as the step itself is bound by Python and kernel launches, not by the GPU)."""
     import torch
 
     from unetr_cli.model import build_model
@@ -46,14 +49,14 @@ def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int
 
     settings = resolve_settings(SettingsSources(preset=preset))
     device = torch.device(device_name)
-    size = settings.model.img_size
+    size, crops = settings.model.img_size, settings.optimisation.batch_size * settings.data.num_samples
     model = build_model(settings.model).to(device).train()
     optimizer, loss_fn = optimizer_for(model, settings), loss_for(settings)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    image = torch.rand(4, 1, size, size, size, device=device)
-    label = torch.randint(0, 14, (4, 1, size, size, size), device=device).float()
-    times = []
+    image = torch.rand(crops, 1, size, size, size, device=device)
+    label = torch.randint(0, settings.model.out_channels, (crops, 1, size, size, size), device=device).float()
+    times, queued = [], []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for step in range(steps + 3):
         sync()
@@ -65,10 +68,12 @@ def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        launched = time.perf_counter()
         sync()
         if step >= 3:  # the first steps allocate and pick kernels
             times.append(time.perf_counter() - started)
-    return median(times)
+            queued.append(launched - started)
+    return {"seconds": median(times), "queued_seconds": median(queued), "crops": crops}
 
 
 def time_to_dice(metrics: list[dict], target: float) -> float | None:
@@ -100,8 +105,13 @@ def main() -> None:
             data, cases=cases, seed=5, shape=(256, 256, 100), validation_fraction=1 / cases, workers=8
         )
     dtypes = ("bf16", "fp16") if args.device == "cuda" else ("bf16",)
-    pure = {name: pure_step_seconds(name, args.device, args.preset) for name in dtypes}
+    pure_steps = {name: pure_step_seconds(name, args.device, args.preset) for name in dtypes}
+    pure = {name: step["seconds"] for name, step in pure_steps.items()}
+    queued = {name: step["queued_seconds"] for name, step in pure_steps.items()}
+    demo_step = pure_step_seconds("bf16", args.device, "demo")
     print(f"pure step: {', '.join(f'{k} {v:.3f} s' for k, v in pure.items())}", flush=True)
+    print(f"  of it queueing the work on the host: {queued}", flush=True)
+    print(f"demo preset's pure step (bf16): {demo_step}", flush=True)
 
     command = [
         sys.executable,
@@ -142,6 +152,8 @@ def main() -> None:
         "preset": args.preset,
         "data": f"{args.training_cases} training + 1 validation phantoms of 256x256x100",
         "pure_seconds_per_step": pure,
+        "pure_queued_seconds_per_step": queued,  # the host's share: near the step itself = launch-bound
+        "demo_preset_pure_step": demo_step,
         "unetr_seconds_per_step": unetr_step,
         "unetr_ratio_to_pure_bf16": unetr_step / pure["bf16"],
         "unetr_data_wait_share": data_wait,

@@ -98,6 +98,13 @@ def main() -> None:
         if predict.get(key):
             parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in predict[key].items())
             lines.append(f"\n{what}, seconds: {parts}")
+    if train.get("pure_queued_seconds_per_step"):
+        pure, queued = train["pure_seconds_per_step"]["bf16"], train["pure_queued_seconds_per_step"]["bf16"]
+        demo = train.get("demo_preset_pure_step") or {"seconds": float("nan"), "queued_seconds": float("nan")}
+        lines.append(
+            f"\npure bf16 step {pure:.3f} s, {queued:.3f} s of it queueing on the host; "
+            f"demo preset {demo['seconds']:.3f} s, {demo['queued_seconds']:.3f} s"
+        )
     print("\n".join(lines))
 
 
