@@ -256,6 +256,24 @@ def test_export_checks_parity_on_cuda(trained_run, gpu_scans, tmp_path, kind):
     assert predicted.exit_code == 0, predicted.output
 
 
+def test_the_gpu_warms_up_while_the_model_is_built():
+    """`devices.warming_up` creates the CUDA context in its own thread while the block runs (a fresh process,
+    so nothing else has touched the GPU; the block itself makes no CUDA call)."""
+    code = (
+        "import time, torch\n"
+        "from unetr_cli.devices import warming_up\n"
+        "with warming_up(torch.device('cuda')):\n"
+        "    waited = 0.0\n"
+        "    while not torch.cuda.is_initialized() and waited < 60:\n"
+        "        time.sleep(0.05)\n"
+        "        waited += 0.05\n"
+        "    print('initialised within the block:', torch.cuda.is_initialized())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "initialised within the block: True" in done.stdout
+
+
 def test_one_process_through_torchrun_uses_nccl(tiny_dataset, tmp_path):
     done = subprocess.run(
         [

@@ -4,12 +4,14 @@
   usage error naming what is visible.
 - `autocast_dtype`: bf16 on GPUs that support it, else fp16 (which then needs a GradScaler); bf16 on CPUs with
   native bf16 arithmetic (AVX512-BF16 or AMX, ~3x faster there), else fp32.
+- `warming_up`: the GPU's one-time start (CUDA context, cuDNN, cuBLAS) beside other start-up work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 
@@ -28,6 +30,30 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
     return device
+
+
+@contextlib.contextmanager
+def warming_up(device: torch.device):
+    """On a GPU, create the CUDA context and load cuDNN and cuBLAS in a background thread while the block runs
+    (importing MONAI, building the model), instead of one after the other at the model's first use; the
+    thread is joined when the block ends. A failure there is left for that first use to report."""
+    if device.type != "cuda":
+        yield
+        return
+    thread = threading.Thread(target=_first_kernels, args=(device,), name="cuda-warm-up", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+def _first_kernels(device: torch.device) -> None:
+    with contextlib.suppress(Exception):
+        volume, kernel = torch.zeros(1, 1, 4, 4, 4, device=device), torch.zeros(1, 1, 3, 3, 3, device=device)
+        torch.nn.functional.conv3d(volume, kernel)
+        torch.zeros(8, 8, device=device) @ torch.zeros(8, 8, device=device)
+        torch.cuda.synchronize(device)
 
 
 def rank_device(device: torch.device) -> torch.device:

@@ -168,13 +168,15 @@ def predict(
         del weights  # each process reads the weights itself
         result = predict_on_processes(job, launch, processes)
     else:
-        from unetr_cli.devices import resolve_device
+        from unetr_cli.devices import resolve_device, warming_up
         from unetr_cli.inference.batch import predict_batch
         from unetr_cli.inference.segmenter import Segmenter
         from unetr_cli.model import model_with_weights
 
-        model = model_with_weights(settings.model, weights.state_dict, weights.source)
-        segmenter = Segmenter(model, settings, resolve_device(settings.inference.device))
+        device = resolve_device(settings.inference.device)
+        with warming_up(device):
+            model = model_with_weights(settings.model, weights.state_dict, weights.source)
+        segmenter = Segmenter(model, settings, device)
         _report_ready(reporter, segmenter)
         result = predict_batch(scans, targets, segmenter, options, reporter)
     result.failed |= refused

@@ -55,9 +55,11 @@ def model_settings(weights: LoadedWeights, sources: SettingsSources, flags: dict
 
 
 def trained_model(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> TrainedModel:
-    """`model_settings`, then the model with the weights loaded strictly."""
+    """`model_settings`, then the model with the weights loaded strictly (a GPU warming up meanwhile)."""
+    from unetr_cli.devices import resolve_device, warming_up
     from unetr_cli.model import model_with_weights
 
     settings = model_settings(weights, sources, flags)
-    network = model_with_weights(settings.model, weights.state_dict, weights.source)
+    with warming_up(resolve_device(settings.inference.device)):
+        network = model_with_weights(settings.model, weights.state_dict, weights.source)
     return TrainedModel(settings, network, Path(weights.source))

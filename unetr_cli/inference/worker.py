@@ -80,16 +80,17 @@ def run_share(job: PredictJob, job_file: Path) -> None:
     """Segment this process's share of the scans and leave the outcome beside the job file."""
     from unetr_cli.checkpoint import read_weights
     from unetr_cli.console import Reporter
-    from unetr_cli.devices import rank_device, resolve_device
+    from unetr_cli.devices import rank_device, resolve_device, warming_up
     from unetr_cli.inference.batch import predict_batch
     from unetr_cli.inference.segmenter import Segmenter
     from unetr_cli.model import model_with_weights
 
     env = dist_env()
-    weights = read_weights(job.weights, job.trust_torchscript)
-    model = model_with_weights(job.settings.model, weights.state_dict, weights.source)
-    del weights
     device = rank_device(resolve_device(job.settings.inference.device))
+    with warming_up(device):
+        weights = read_weights(job.weights, job.trust_torchscript)
+        model = model_with_weights(job.settings.model, weights.state_dict, weights.source)
+        del weights
     share = slice(env.rank, None, env.world_size)
     result = predict_batch(
         job.scans[share],
