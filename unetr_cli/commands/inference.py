@@ -348,12 +348,11 @@ def evaluate(
     if weights_options.given:
         if pred_dir is not None or gt_dir is not None:
             raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
-        from unetr_cli.devices import resolve_device
         from unetr_cli.inference.segmenter import Segmenter
 
         trained = trained_model(weights_options.read(), sources, flags)
         settings, weights_path = trained.settings, trained.weights_path
-        segmenter = Segmenter(trained.network, settings, resolve_device(settings.inference.device))
+        segmenter = Segmenter(trained.network, settings, trained.device)
         cases = ev.datalist_cases(ev.split_entries(settings, split), None)
         score = lambda case: ev.score_model(case, segmenter, space, scoring(settings))  # noqa: E731
     else:

@@ -51,7 +51,6 @@ def export(
       unetr export --checkpoint UNETR_model_best_acc.pth --preset btcv --safetensors -o unetr.safetensors
     """
     from unetr_cli import export as exporting
-    from unetr_cli.devices import resolve_device
     from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
@@ -79,7 +78,7 @@ def export(
         },
     )
     settings = trained.settings
-    model = trained.network.to(resolve_device(settings.inference.device))
+    model = trained.network.to(trained.device)
     exporter = {
         "torchscript": exporting.export_torchscript,
         "onnx": exporting.export_onnx,

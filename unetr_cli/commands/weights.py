@@ -41,10 +41,12 @@ class WeightsOptions:
 
 @dataclass
 class TrainedModel:
-    """A model holding its weights, the settings it runs with, and the file it came from."""
+    """A model holding its weights, the settings it runs with, the device they name, and the file it came
+    from."""
 
     settings: Settings
     network: torch.nn.Module
+    device: torch.device
     weights_path: Path
 
 
@@ -60,6 +62,7 @@ def trained_model(weights: LoadedWeights, sources: SettingsSources, flags: dict[
     from unetr_cli.model import model_with_weights
 
     settings = model_settings(weights, sources, flags)
-    with warming_up(resolve_device(settings.inference.device)):
+    device = resolve_device(settings.inference.device)
+    with warming_up(device):
         network = model_with_weights(settings.model, weights.state_dict, weights.source)
-    return TrainedModel(settings, network, Path(weights.source))
+    return TrainedModel(settings, network, device, Path(weights.source))

@@ -116,24 +116,23 @@ def training_dataset(cases: list[dict], settings: Settings, pipeline: str, devic
 
     prepare, (sample, crop, augment) = preprocessing(settings), _random_steps(settings)
     to_device = [T.EnsureTyped(keys=("image", "label"), device=device, track_meta=False)]
+    crops_to_device = _through_pinned_memory(device) if device.type == "cuda" else to_device
     steps = {
         "device": [*prepare, *sample, *to_device, crop, *augment],
-        "host": [*prepare, *sample, crop, *_crops_to_device(device), *augment],
+        "host": [*prepare, *sample, crop, *crops_to_device, *augment],
         "workers": [*prepare, *sample, crop, *augment],
     }[pipeline]
     # copy_cache off: the first random step crops, so cached volumes are never modified
     return _cached(cases, steps, settings, copy_cache=False)
 
 
-def _crops_to_device(device: torch.device) -> list:
-    """The `host` pipeline's crossing: on a GPU each crop is copied into pinned (page-locked) memory and from
+def _through_pinned_memory(device: torch.device) -> list:
+    """The `host` pipeline's crossing to a GPU: each crop is copied into pinned (page-locked) memory and from
     there to the GPU without blocking, so the loader thread goes on to the next batch instead of waiting for
     the training step already queued on the GPU, as a copy from ordinary host memory would."""
     from monai import transforms as T
 
     keys = ("image", "label")
-    if device.type != "cuda":
-        return [T.EnsureTyped(keys=keys, device=device, track_meta=False)]
     return [
         T.EnsureTyped(keys=keys, track_meta=False),
         T.Lambdad(keys=keys, func=torch.Tensor.pin_memory),
