@@ -239,3 +239,32 @@ def test_a_full_disk_is_one_scans_failure(trained_run, scans, tmp_path, monkeypa
     assert "case1_seg.json: no space left on the device" in result.stderr
     assert not (out / "case1_seg.nii.gz").exists()  # no label map without its sidecars
     assert (out / "case0_seg.nii.gz").is_file() and (out / "case2_seg.nii.gz").is_file()
+
+
+def test_a_cuda_error_is_one_scans_failure(trained_run, scans, tmp_path, monkeypatch):
+    """A GPU fault while segmenting one scan (simulated here: CI has no GPU) is that scan's one-line
+    failure without a traceback; the other scans are written."""
+    from unetr_cli.inference import batch
+
+    real = batch.segment_scan
+
+    def cuda_error_for_case1(scan, *args, **kwargs):
+        if scan.path.name == "case1.nii.gz":
+            raise RuntimeError(
+                "CUDA error: an illegal memory access was encountered\n"
+                "CUDA kernel errors might be asynchronously reported at some other API call"
+            )
+        return real(scan, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "segment_scan", cuda_error_for_case1)
+    out = tmp_path / "out"
+    result = _predict(trained_run / "checkpoint_final.pt", scans, "-o", out, "-q")
+    assert result.exit_code == 1
+    # said when it happens and again in the summary, each time in one line
+    failures = [line for line in result.stderr.splitlines() if "case1.nii.gz" in line]
+    message = "case1.nii.gz: CUDA error: an illegal memory access was encountered"
+    assert failures and all(line.endswith(message) for line in failures)
+    assert "Traceback" not in result.stderr and "asynchronously" not in result.stderr
+    assert "2 written, 0 skipped (existing), 1 failed" in result.stdout
+    assert (out / "case0_seg.nii.gz").is_file() and (out / "case2_seg.nii.gz").is_file()
+    assert not (out / "case1_seg.nii.gz").exists()
