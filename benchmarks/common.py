@@ -93,10 +93,16 @@ print(json.dumps(seconds))
 """
 
 
+_AS_UNETR = (
+    "import torch; from unetr_cli.monai_extras import skip_unused_extras; skip_unused_extras(); import monai"
+)
+
+
 def platform_floors(device: str, runs: int = 3) -> dict:
     """What any process pays before `unetr` does anything of its own, in seconds (median of `runs` fresh
-    interpreters each): the interpreter, `import torch`, `import torch, monai`, and torch with its first
-    convolution and matrix product on `device` (on a GPU: the CUDA context and loading cuDNN and cuBLAS).
+    interpreters each): the interpreter, `import torch`, `import torch, monai` as it is and as the unetr
+    programs load it (without the optional extras unetr does not use), and torch with its first convolution
+    and matrix product on `device` (on a GPU: the CUDA context and loading cuDNN and cuBLAS).
     Then what the first windows of a process cost against the next ones: the standard UNETR's first
     sliding-window call on `device` (two windows; on a GPU it picks and loads every kernel the model needs)
     and its second."""
@@ -104,6 +110,7 @@ def platform_floors(device: str, runs: int = 3) -> dict:
         "python_s": "pass",
         "import_torch_s": "import torch",
         "import_torch_monai_s": "import torch, monai",
+        "import_torch_monai_as_unetr_s": _AS_UNETR,
         "torch_first_kernels_s": _FIRST_KERNELS.format(device=device),
     }
     floors = {

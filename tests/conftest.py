@@ -14,6 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from unetr_cli.cli import app
+from unetr_cli.monai_extras import skip_unused_extras
+
+skip_unused_extras()  # in-process tests get MONAI as the unetr programs load it
 
 TINY_SHAPE = (64, 64, 32)
 

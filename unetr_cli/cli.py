@@ -19,6 +19,7 @@ from typer.exceptions import TyperException
 from unetr_cli import __version__
 from unetr_cli.commands import command, config, demo, inference, review, sharing, synth, training
 from unetr_cli.console import debugging, report_error, stdout
+from unetr_cli.monai_extras import skip_unused_extras
 
 
 class _ErrorBoundary(TyperGroup):
@@ -78,6 +79,7 @@ for _function in (
 
 def main() -> None:
     """Console-script entry point."""
+    skip_unused_extras()
     try:
         app(prog_name="unetr")
     finally:

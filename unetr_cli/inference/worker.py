@@ -111,7 +111,9 @@ def run_share(job: PredictJob, job_file: Path) -> None:
 def main(argv: list[str]) -> int:
     """The worker: errors end this process with the one-line message and exit code the CLI would give."""
     from unetr_cli.console import run_as_program
+    from unetr_cli.monai_extras import skip_unused_extras
 
+    skip_unused_extras()
     job_file = Path(argv[0])
     return run_as_program(lambda: run_share(PredictJob.from_json(job_file.read_text()), job_file))
 
