@@ -42,7 +42,7 @@ def main() -> None:
     parts = {name: round(median([run[name] for run in runs]), 3) for name in runs[0]}
     floors = platform_floors(args.device, args.runs)
     for name, seconds in {**parts, **floors}.items():
-        print(f"{name:>22}: {seconds:6.2f} s")
+        print(f"{name:>30}: {seconds:6.2f} s")
     result = {
         "device": args.device,
         "scan": f"512x512x{args.slices} int16 CT, 0.8x0.8x2.5 mm, LPS; standard UNETR, random weights",
