@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 out=${1:-benchmarks/.data/gpu_check}
 py=${PYTHON:-python3}
 mkdir -p "$out" benchmarks/.data
-rm -f "$out"/*.xml "$out"/*.log "$out"/gpu_*.json  # the summary shows only what this call measured
+rm -f "$out"/*.xml "$out"/*.log "$out"/*.txt "$out"/gpu_*.json  # the summary shows only what this call measured
 touch "$out/.began"
 began=$(date +%s)
 deadline=$(( began + ${BUDGET_S:-570} ))
@@ -37,6 +37,9 @@ can_start() {
 
 stamp "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 $py -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
+# What the image has installed: each optional MONAI extra among it costs a bare `import monai` (not unetr) time.
+$py -m pip list --format=freeze > "$out/packages.txt" 2>/dev/null
+stamp "$(wc -l < "$out/packages.txt") packages installed (packages.txt)"
 
 # Bytecode for the packages installed beside the project (the GPU image's preamble installs them with
 # --no-compile) and for the project itself, as `pip install` leaves it: without it every `unetr` start compiles
