@@ -37,7 +37,7 @@ can_start() {
 
 stamp "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 $py -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__)"
-# What the image has installed: each optional MONAI extra among it costs a bare `import monai` (not unetr) time.
+# What the image has installed: each optional MONAI extra among it slows a bare `import monai`, not unetr's.
 $py -m pip list --format=freeze > "$out/packages.txt" 2>/dev/null
 stamp "$(wc -l < "$out/packages.txt") packages installed (packages.txt)"
 
