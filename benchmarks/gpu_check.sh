@@ -8,8 +8,8 @@
 # benchmarks/results/gpu_*.json. PYTHON picks the interpreter (default python3).
 #
 # PARTS names the parts and their order (default "tests bench"): `gpu-tests`, `cpu-suite`, `tests` (both side
-# by side), `predict`, `train`, `bench` (predict then train). BUDGET_S (default 570) bounds the whole call:
-# each part gets its own limit (GPU_TESTS_S, CPU_SUITE_S, PREDICT_BENCH_S, TRAIN_BENCH_S seconds) or what is
+# by side), `predict`, `train`, `step`, `bench` (the three). BUDGET_S (default 570) bounds the whole call:
+# each part gets its own limit (GPU_TESTS_S, CPU_SUITE_S, PREDICT_BENCH_S, TRAIN_BENCH_S, STEP_BENCH_S) or what is
 # left of the budget, whichever is less, and a part with under a minute left is skipped and said so. So one
 # part that hangs does not cost the others, and a device call ends with its summary. With a short lease, put
 # first what matters most, e.g. PARTS="gpu-tests bench", then PARTS=cpu-suite in a second call. The
@@ -90,10 +90,12 @@ for part in ${PARTS:-tests bench}; do
     cpu-suite) can_start cpu-suite && { start_cpu_suite; finish_cpu_suite; } ;;
     predict) can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" ;;
     train) can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" ;;
+    step) can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
     bench)
       can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}"
-      can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" ;;
-    *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, bench)" ;;
+      can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}"
+      can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
+    *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, step, bench)" ;;
   esac
 done
 

@@ -128,6 +128,11 @@ class OptimisationSettings(_Group):
         description="CUDA autocast type; auto is bf16 where the GPU supports it, else fp16 + GradScaler",
     )
     scale_lr: bool = Field(False, description="multiply lr by the number of processes (reference advice)")
+    cuda_graphs: bool = Field(
+        True,
+        description="on one CUDA process, replay the model's training forward and backward as CUDA graphs "
+        "(a GPU step is otherwise paced by Python launching its kernels)",
+    )
     loss_smooth_nr: float = Field(0.0, ge=0.0)
     loss_smooth_dr: float = Field(1e-6, ge=0.0)
 

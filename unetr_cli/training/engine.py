@@ -15,6 +15,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
 from unetr_cli.model import build_model, load_state
 from unetr_cli.settings import Settings
+from unetr_cli.training.graphs import GraphedTraining
 from unetr_cli.training.pipeline import DataWait, metadata_untracked, training_data
 from unetr_cli.training.progress import (
     Bars,
@@ -100,6 +102,7 @@ class _Training:
     amp_dtype: torch.dtype | None
     model: torch.nn.Module  # the plain model: what checkpoints hold
     trained: torch.nn.Module  # the model the steps run (DDP-wrapped when distributed)
+    forward: Callable[[torch.Tensor], torch.Tensor]  # what a step calls: `trained`, or it through CUDA graphs
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loss_fn: torch.nn.Module
@@ -228,6 +231,9 @@ def _set_up(
             trained = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        forward = trained
+        if opt.cuda_graphs and device.type == "cuda" and not env.is_distributed:
+            forward = GraphedTraining(model, amp_dtype, reporter.warn)
         data = training_data(settings, datalist, env, device, reporter)
         training = _Training(
             settings=settings,
@@ -239,6 +245,7 @@ def _set_up(
             amp_dtype=amp_dtype,
             model=model,
             trained=trained,
+            forward=forward,
             optimizer=optimizer,
             scaler=scaler,
             loss_fn=loss_for(settings),
@@ -321,7 +328,7 @@ def _train_step(training: _Training, batch: dict, lr: float) -> torch.Tensor:
     image = batch["image"].as_subclass(torch.Tensor).to(training.device, non_blocking=True)
     label = batch["label"].as_subclass(torch.Tensor).to(training.device, non_blocking=True)
     with autocast(training.device, training.amp_dtype):
-        logits = training.trained(image)
+        logits = training.forward(image)
     loss = training.loss_fn(logits.float(), label)
     training.optimizer.zero_grad(set_to_none=True)
     training.scaler.scale(loss).backward()
