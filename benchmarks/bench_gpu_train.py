@@ -37,22 +37,40 @@ from common import (
 GIB = 2**30
 
 
-def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int = 10) -> dict:
+def pure_step_seconds(
+    dtype_name: str,
+    device_name: str,
+    preset: str,
+    steps: int = 10,
+    foreach_adamw: bool = False,
+    graphed: bool = False,
+) -> dict:
     """fwd + bwd + AdamW of the preset's UNETR on one step's random crops already on the device: the median
     seconds per step, and of them the seconds the host took to queue the step's work (on a GPU, a step whose
-    queueing takes as long as the step itself is bound by Python and kernel launches, not by the GPU)."""
+    queueing takes as long as the step itself is bound by Python and kernel launches, not by the GPU).
+
+    By default the optimiser is unetr's (fused AdamW on a GPU) and the model runs eagerly; `foreach_adamw`
+    takes PyTorch's default AdamW instead, `graphed` runs the model through CUDA graphs as `unetr train` does.
+    """
     import torch
 
     from unetr_cli.model import build_model
     from unetr_cli.settings import SettingsSources, resolve_settings
+    from unetr_cli.training.graphs import GraphedTraining
     from unetr_cli.training.recipe import loss_for, optimizer_for
 
     settings = resolve_settings(SettingsSources(preset=preset))
     device = torch.device(device_name)
     size, crops = settings.model.img_size, settings.optimisation.batch_size * settings.data.num_samples
     model = build_model(settings.model).to(device).train()
-    optimizer, loss_fn = optimizer_for(model, settings), loss_for(settings)
+    opt, loss_fn = settings.optimisation, loss_for(settings)
+    optimizer = (
+        torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        if foreach_adamw
+        else optimizer_for(model, settings)
+    )
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    forward = GraphedTraining(model, dtype, on_failure=sys.exit) if graphed else model
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     image = torch.rand(crops, 1, size, size, size, device=device)
     label = torch.randint(0, settings.model.out_channels, (crops, 1, size, size, size), device=device).float()
@@ -62,7 +80,7 @@ def pure_step_seconds(dtype_name: str, device_name: str, preset: str, steps: int
         sync()
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype):
-            logits = model(image)
+            logits = forward(image)
         loss = loss_fn(logits.float(), label)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
