@@ -6,8 +6,9 @@ features unetr uses (UNETR, transforms, sliding windows, DiceCE, surface distanc
 
 The unetr programs (the CLI and its torchrun workers) call `skip_unused_extras()` first. While MONAI then
 loads, the optional imports it asks for through its `optional_import` outside `NEEDED` are refused in the
-thread that loads it, and MONAI keeps its placeholder, which raises only if used. Every other import, and
-MONAI's own once it has loaded, is untouched; code that imports unetr as a library gets MONAI as it is. So
+thread that loads it, and MONAI keeps its placeholder, which raises only if used. So are the two extras
+imported without `optional_import` (`PLAIN_EXTRAS`). Every other import, and every import once MONAI has
+loaded, is untouched; code that imports unetr as a library gets MONAI as it is. So
 start-up no longer grows with what else is installed (`import_torch_monai_as_unetr_s` in the benchmarks).
 """
 
@@ -19,6 +20,12 @@ import threading
 
 # MONAI's optional imports that unetr's MONAI features use (with their parent packages and submodules).
 NEEDED = ("einops", "monai", "nibabel", "numpy", "packaging", "scipy.ndimage", "scipy.spatial", "tqdm")
+
+# Extras imported in a plain `try: import ... except ImportError`: matplotlib.pyplot by MONAI's
+# jupyter_utils, pydicom by nibabel (only to parse DICOM extensions of NIfTI headers, which are then kept as
+# bytes). Neither package requires them, so every such import is guarded; unetr imports both itself where it
+# uses them (previews, DICOM series), after MONAI has loaded.
+PLAIN_EXTRAS = ("matplotlib", "pydicom")
 
 
 def skip_unused_extras() -> None:
@@ -60,7 +67,7 @@ class _MonaiFinder(importlib.abc.MetaPathFinder):
             if (
                 self.loading_thread == threading.get_ident()
                 and not _needed(name)
-                and _asked_by_monai_optional_import()
+                and (name.split(".")[0] in PLAIN_EXTRAS or _asked_by_monai_optional_import())
             ):
                 raise ModuleNotFoundError(f"{name}: an optional MONAI extra unetr does not load", name=name)
             return None
