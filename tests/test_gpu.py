@@ -307,6 +307,29 @@ def test_the_gpu_warms_up_while_the_model_is_built():
     assert "initialised within the block: True" in done.stdout
 
 
+def test_the_model_warms_up_on_blank_windows_before_the_first_scan():
+    """`Segmenter.warm_up` runs the model once in its own thread; the first real windows wait for it, and
+    their scores are those of a segmenter that did not warm up."""
+    import copy
+    import threading
+
+    from unetr_cli.inference.segmenter import Segmenter
+    from unetr_cli.model import build_model
+    from unetr_cli.settings import SettingsSources, resolve_settings
+
+    settings = resolve_settings(SettingsSources(preset="tiny-cpu"), {"inference.device": "cuda"})
+    model = build_model(settings.model)
+    twin, callers = copy.deepcopy(model), []
+    model.register_forward_hook(lambda *_: callers.append(threading.current_thread().name))
+    image = torch.rand(1, 1, 40, 40, 40, device="cuda")
+    warmed = Segmenter(model, settings, torch.device("cuda"))
+    warmed.warm_up()
+    scores = warmed.logits(image)
+    assert callers[0] == "unetr-warm-up" and set(callers[1:]) == {threading.current_thread().name}
+    cold = Segmenter(twin, settings, torch.device("cuda")).logits(image)
+    assert torch.allclose(scores, cold, rtol=0, atol=1e-3)
+
+
 def test_one_process_through_torchrun_uses_nccl(tiny_dataset, tmp_path):
     done = subprocess.run(
         [

@@ -198,6 +198,46 @@ def test_skip_existing_finishes_incomplete_outputs(trained_run, scans, tmp_path)
     assert (out / "case1_seg_stats.json").is_file()
 
 
+def test_the_first_scan_decodes_while_the_model_loads(trained_run, scans, tmp_path, monkeypatch):
+    """Start-up of a single invocation: the scan is read beside building the model, not after it; a batch
+    whose outputs all exist (--skip-existing) loads no model at all."""
+    import threading
+
+    from unetr_cli import model as model_module
+    from unetr_cli.inference import batch
+
+    both = threading.Barrier(2, timeout=30)  # reading the scan and building the model wait for each other
+    met = []
+    real_read, real_build = batch.read_scan, model_module.model_with_weights
+
+    def meet() -> None:
+        try:
+            met.append(both.wait() is not None)
+        except threading.BrokenBarrierError:  # the other one never came: one ran after the other
+            met.append(False)
+
+    def read_scan(source):
+        meet()
+        return real_read(source)
+
+    def model_with_weights(*args):
+        meet()
+        return real_build(*args)
+
+    monkeypatch.setattr(batch, "read_scan", read_scan)
+    monkeypatch.setattr(model_module, "model_with_weights", model_with_weights)
+    out = tmp_path / "seg.nii.gz"
+    assert (
+        _predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "-q").exit_code == 0
+    )
+    assert out.is_file() and met == [True, True]
+    again = _predict(
+        trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "--skip-existing"
+    )
+    assert again.exit_code == 0 and "0 written, 1 skipped" in again.stdout
+    assert met == [True, True]  # neither read nor built again
+
+
 def test_unusable_outputs_are_refused_before_the_model_loads(scans, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     result = _predict(tmp_path / "no_such_model.pt", scans, "-o", tmp_path / "a_file" / "segs")

@@ -174,11 +174,15 @@ def predict(
         from unetr_cli.model import model_with_weights
 
         device = resolve_device(settings.inference.device)
-        with warming_up(device):
-            model = model_with_weights(settings.model, weights.state_dict, weights.source)
-        segmenter = Segmenter(model, settings, device)
-        _report_ready(reporter, segmenter)
-        result = predict_batch(scans, targets, segmenter, options, reporter)
+
+        def load_segmenter() -> Segmenter:
+            with warming_up(device):
+                model = model_with_weights(settings.model, weights.state_dict, weights.source)
+            segmenter = Segmenter(model, settings, device)
+            _report_ready(reporter, segmenter)
+            return segmenter
+
+        result = predict_batch(scans, targets, load_segmenter, device, options, reporter)
     result.failed |= refused
     _summarise_batch(result, reporter)
 

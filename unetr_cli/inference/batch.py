@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import glob
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from unetr_cli.console import Reporter, debugging
 from unetr_cli.errors import InputError, OutputExistsError, UsageError, failure_message
@@ -229,13 +232,21 @@ def is_complete(target: Path, options: PredictOptions) -> bool:
 
 
 def predict_batch(
-    inputs: list[Path], outputs: list[Path], segmenter: Segmenter, options: PredictOptions, reporter: Reporter
+    inputs: list[Path],
+    outputs: list[Path],
+    load_segmenter: Callable[[], Segmenter],
+    device: torch.device,
+    options: PredictOptions,
+    reporter: Reporter,
 ) -> BatchResult:
-    """Segment every input into its output; a failure is reported and the batch goes on.
+    """Segment every input into its output with the segmenter `load_segmenter` builds on `device`; a failure
+    is reported and the batch goes on.
 
-    On a GPU, decoding the next scan and writing the last one's outputs run in two helper threads while the
-    GPU works on the current scan (zlib, the bulk of both, runs outside the interpreter lock). On the CPU the
-    steps run one after another, as the cores are all busy with the model.
+    The first scan decodes in a helper thread while the model is built (not at all when every output exists
+    already), and on a GPU the model's kernels warm up while it is preprocessed. On a GPU, decoding the next
+    scan and writing the last one's outputs also run in two helper threads while the GPU works on the current
+    scan (zlib, the bulk of both, runs outside the interpreter lock). On the CPU those steps run one after
+    another, as the cores are all busy with the model.
     """
     result = BatchResult()
     todo = []
@@ -244,61 +255,55 @@ def predict_batch(
             result.skipped.append(target)
         else:
             todo.append((source, target))
-    overlap = segmenter.device.type == "cuda"
-    classes = segmenter.settings.model.out_channels
-    cleanup = PostProcessing.of(segmenter.settings.inference)
+    if not todo:
+        return result
+    overlap = device.type == "cuda"
     with (
         ThreadPoolExecutor(1, "unetr-read") as reader,
         ThreadPoolExecutor(1, "unetr-write") as writer,
-        reporter.progress() as bars,
     ):
-        task = (
-            bars.add_task("scans", total=len(inputs), completed=len(result.skipped), status="")
-            if bars
-            else None
-        )
-
-        def advance(source: Path) -> None:
-            if bars:
-                bars.update(task, advance=1, status=source.name)
-
-        def finish(pending: _Writing) -> None:
-            _finish_write(result, reporter, pending, options)
-            advance(pending.source)
-
+        upcoming = reader.submit(_read, todo[0][0])
+        segmenter = load_segmenter()
+        segmenter.warm_up()
         read = reader.submit if overlap else _now
         write = writer.submit if overlap else _now
-        writes: list[_Writing] = []  # at most MAX_PENDING_WRITES scans wait in memory
-        upcoming = read(_read, todo[0][0]) if todo else None
-        for index, (source, target) in enumerate(todo):
-            reading, started, stages = upcoming, time.monotonic(), StageTimes(segmenter.device)
-            if index + 1 < len(todo):
-                upcoming = read(_read, todo[index + 1][0])
-            try:
-                scan, stages["read"] = reading.result()
-                with stages.stage("orientation"):
-                    body = find_body(scan.image, scan.affine)
-                    _check_orientation(scan, orientation_before_inference(body), options, reporter)
-                labels = segment_scan(scan, segmenter, stages)
-                with stages.stage("postprocess"):
-                    labels, removed = postprocess(labels, scan.info.voxel_ml, cleanup, classes)
-                with stages.stage("orientation"):
-                    problems = orientation_after_inference(labels, scan.affine, body)
-                    _check_orientation(scan, problems, options, reporter)
-            except Exception as err:
-                _record_failure(result, reporter, source, err)
-                advance(source)
-            else:
-                made = Made(labels, segmenter.take_agreement(), removed, cleanup)
-                written = write(_write_outputs, scan, made, target, options, classes)
-                writes.append(_Writing(source, target, started, stages, written))
-            for note in segmenter.notes:
-                reporter.warn(note)
-            segmenter.notes.clear()
-            while writes and (writes[0].written.done() or len(writes) > MAX_PENDING_WRITES):
-                finish(writes.pop(0))
-        for pending in writes:
-            finish(pending)
+        classes = segmenter.settings.model.out_channels
+        with reporter.progress() as bars:
+            task = (
+                bars.add_task("scans", total=len(inputs), completed=len(result.skipped), status="")
+                if bars
+                else None
+            )
+
+            def advance(source: Path) -> None:
+                if bars:
+                    bars.update(task, advance=1, status=source.name)
+
+            def finish(pending: _Writing) -> None:
+                _finish_write(result, reporter, pending, options)
+                advance(pending.source)
+
+            writes: list[_Writing] = []  # at most MAX_PENDING_WRITES scans wait in memory
+            for index, (source, target) in enumerate(todo):
+                reading, started, stages = upcoming, time.monotonic(), StageTimes(device)
+                if index + 1 < len(todo):
+                    upcoming = read(_read, todo[index + 1][0])
+                try:
+                    scan, stages["read"] = reading.result()
+                    made = _segment(scan, segmenter, options, reporter, stages)
+                except Exception as err:
+                    _record_failure(result, reporter, source, err)
+                    advance(source)
+                else:
+                    written = write(_write_outputs, scan, made, target, options, classes)
+                    writes.append(_Writing(source, target, started, stages, written))
+                for note in segmenter.notes:
+                    reporter.warn(note)
+                segmenter.notes.clear()
+                while writes and (writes[0].written.done() or len(writes) > MAX_PENDING_WRITES):
+                    finish(writes.pop(0))
+            for pending in writes:
+                finish(pending)
     return result
 
 
@@ -332,6 +337,24 @@ def _read(source) -> tuple[Scan, float]:
     if isinstance(source, Path) and not source.exists():
         raise InputError(source, "file not found")
     return read_scan(source), time.perf_counter() - started
+
+
+def _segment(
+    scan: Scan, segmenter: Segmenter, options: PredictOptions, reporter: Reporter, stages: StageTimes
+) -> Made:
+    """A decoded scan's post-processed label map, its orientation checked before and after inference."""
+    classes = segmenter.settings.model.out_channels
+    cleanup = PostProcessing.of(segmenter.settings.inference)
+    with stages.stage("orientation"):
+        body = find_body(scan.image, scan.affine)
+        _check_orientation(scan, orientation_before_inference(body), options, reporter)
+    labels = segment_scan(scan, segmenter, stages)
+    with stages.stage("postprocess"):
+        labels, removed = postprocess(labels, scan.info.voxel_ml, cleanup, classes)
+    with stages.stage("orientation"):
+        problems = orientation_after_inference(labels, scan.affine, body)
+        _check_orientation(scan, problems, options, reporter)
+    return Made(labels, segmenter.take_agreement(), removed, cleanup)
 
 
 @dataclass

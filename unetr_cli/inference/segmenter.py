@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 
 from unetr_cli.devices import autocast, autocast_dtype, exact_fp32
@@ -33,6 +36,23 @@ class Segmenter:
         self.aggregate_on_cpu = False
         self.notes: list[str] = []
         self.agreement: dict[int, float] | None = None  # of the last TTA prediction, per class present
+        self._warming_up: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """On a GPU, run the model once on blank windows in a helper thread, so that its kernels load and
+        cuDNN chooses its algorithms while the first scan is read and preprocessed (a process's first windows
+        take about 20 times as long as the next); the first windows wait for it. A failure there is left for
+        the real windows to report."""
+        if self.device.type == "cuda" and self._warming_up is None:
+            self._warming_up = threading.Thread(target=self._blank_windows, name="unetr-warm-up", daemon=True)
+            self._warming_up.start()
+
+    @torch.no_grad()
+    def _blank_windows(self) -> None:
+        size, channels = self.settings.model.img_size, self.settings.model.in_channels
+        with contextlib.suppress(Exception), autocast(self.device, self.dtype):
+            self._forward(torch.zeros(self.sw_batch_size, channels, size, size, size, device=self.device))
+            torch.cuda.synchronize(self.device)
 
     def take_agreement(self) -> dict[int, float] | None:
         """The last TTA prediction's per-class agreement (`flip_agreement`), cleared for the next scan."""
@@ -88,6 +108,8 @@ class Segmenter:
     def _run_windows(self, image: torch.Tensor) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
+        if self._warming_up is not None:
+            self._warming_up.join()
         inference = self.settings.inference
         output_device = torch.device("cpu") if self.aggregate_on_cpu else self.device
         with autocast(self.device, self.dtype):

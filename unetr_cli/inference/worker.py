@@ -87,17 +87,16 @@ def run_share(job: PredictJob, job_file: Path) -> None:
 
     env = dist_env()
     device = rank_device(resolve_device(job.settings.inference.device))
-    with warming_up(device):
-        weights = read_weights(job.weights, job.trust_torchscript)
-        model = model_with_weights(job.settings.model, weights.state_dict, weights.source)
-        del weights
+
+    def load_segmenter() -> Segmenter:
+        with warming_up(device):
+            weights = read_weights(job.weights, job.trust_torchscript)
+            model = model_with_weights(job.settings.model, weights.state_dict, weights.source)
+        return Segmenter(model, job.settings, device)
+
     share = slice(env.rank, None, env.world_size)
     result = predict_batch(
-        job.scans[share],
-        job.targets[share],
-        Segmenter(model, job.settings, device),
-        job.options,
-        Reporter(job.output_mode),
+        job.scans[share], job.targets[share], load_segmenter, device, job.options, Reporter(job.output_mode)
     )
     outcome = {
         "written": [str(p) for p in result.written],

@@ -156,7 +156,7 @@ def _predict(segmenter, checkpoint: Path, scan: Path, output: Path) -> Path:
         overwrite=True,
         provenance={"checkpoint": str(checkpoint), "settings": segmenter.settings.to_dict()},
     )
-    batch = predict_batch([scan], [output], segmenter, options, Reporter("quiet"))
+    batch = predict_batch([scan], [output], lambda: segmenter, segmenter.device, options, Reporter("quiet"))
     if batch.failed:
         raise TrainingError(f"the demo could not segment {scan}: {batch.failed[scan]}")
     return output
