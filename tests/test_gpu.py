@@ -307,12 +307,14 @@ def test_the_gpu_warms_up_while_the_model_is_built():
     assert "initialised within the block: True" in done.stdout
 
 
-def test_the_model_warms_up_on_blank_windows_before_the_first_scan():
-    """`Segmenter.warm_up` runs the model once in its own thread; the first real windows wait for it, and
-    their scores are those of a segmenter that did not warm up."""
+def test_the_device_path_warms_up_on_a_blank_scan_before_the_first_scan(gpu_scans):
+    """`scan.warm_up` runs the model once in a helper thread (after preprocessing a blank scan, before
+    carrying blank scores back); the first real windows wait for it, and the label map is the one a
+    segmenter that did not warm up makes."""
     import copy
     import threading
 
+    from unetr_cli.inference.scan import read_scan, segment_scan, warm_up
     from unetr_cli.inference.segmenter import Segmenter
     from unetr_cli.model import build_model
     from unetr_cli.settings import SettingsSources, resolve_settings
@@ -321,13 +323,13 @@ def test_the_model_warms_up_on_blank_windows_before_the_first_scan():
     model = build_model(settings.model)
     twin, callers = copy.deepcopy(model), []
     model.register_forward_hook(lambda *_: callers.append(threading.current_thread().name))
-    image = torch.rand(1, 1, 40, 40, 40, device="cuda")
+    scan = read_scan(gpu_scans / "lps.nii.gz")
     warmed = Segmenter(model, settings, torch.device("cuda"))
-    warmed.warm_up()
-    scores = warmed.logits(image)
-    assert callers[0] == "unetr-warm-up" and set(callers[1:]) == {threading.current_thread().name}
-    cold = Segmenter(twin, settings, torch.device("cuda")).logits(image)
-    assert torch.allclose(scores, cold, rtol=0, atol=1e-3)
+    warm_up(warmed)
+    labels = segment_scan(scan, warmed)
+    assert callers[0] == "unetr-beside" and set(callers[1:]) == {threading.current_thread().name}
+    cold = segment_scan(scan, Segmenter(twin, settings, torch.device("cuda")))
+    assert (labels == cold).mean() > 0.9999
 
 
 def test_one_process_through_torchrun_uses_nccl(tiny_dataset, tmp_path):

@@ -27,7 +27,7 @@ from unetr_cli.inference.plausibility import (
 )
 from unetr_cli.inference.postprocess import PostProcessing, postprocess
 from unetr_cli.inference.reports import output_stem, write_label_sidecars, write_preview
-from unetr_cli.inference.scan import Scan, read_scan, segment_scan
+from unetr_cli.inference.scan import Scan, read_scan, segment_scan, warm_up
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.inference.stages import StageTimes
 from unetr_cli.volumes import (
@@ -243,10 +243,11 @@ def predict_batch(
     is reported and the batch goes on.
 
     The first scan decodes in a helper thread while the model is built (not at all when every output exists
-    already), and on a GPU the model's kernels warm up while it is preprocessed. On a GPU, decoding the next
-    scan and writing the last one's outputs also run in two helper threads while the GPU works on the current
-    scan (zlib, the bulk of both, runs outside the interpreter lock). On the CPU those steps run one after
-    another, as the cores are all busy with the model.
+    already); on a GPU, every device stage then warms up on a blank scan (`scan.warm_up`) while the first
+    scan's decoding and checks finish. Decoding the next scan and writing the last one's outputs also run in
+    the two helper threads on a GPU, while it works on the current scan (zlib, the bulk of both, runs outside
+    the interpreter lock). On the CPU those steps run one after another, as the cores are all busy with the
+    model.
     """
     result = BatchResult()
     todo = []
@@ -264,7 +265,7 @@ def predict_batch(
     ):
         upcoming = reader.submit(_read, todo[0][0])
         segmenter = load_segmenter()
-        segmenter.warm_up()
+        warm_up(segmenter)
         read = reader.submit if overlap else _now
         write = writer.submit if overlap else _now
         classes = segmenter.settings.model.out_channels

@@ -11,6 +11,7 @@ disagree (`resample.resample_labels`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,35 @@ def segment_scan(scan: Scan, segmenter: Segmenter, stages: StageTimes | None = N
             torch.cuda.empty_cache()
             segmenter.note(f"GPU out of memory for {scan.path.name}: it ran on the CPU path instead")
     return _segment_on_host(scan, segmenter, stages)
+
+
+def warm_up(segmenter: Segmenter) -> None:
+    """On a GPU, run every device stage once on a small blank scan in a helper thread (`segment_blank_scan`),
+    so that their kernels load and cuDNN chooses its algorithms while the first real scan is read and
+    checked: a process's first windows take about 20 times as long as the next. The real windows wait for
+    it; a failure there is left for the real scan to meet."""
+    if segmenter.device.type == "cuda":
+        segmenter.run_beside(lambda: _quietly(segment_blank_scan, segmenter))
+
+
+def segment_blank_scan(segmenter: Segmenter) -> np.ndarray:
+    """The device path's stages on a blank int16 scan of water, stored LPS at 1 mm: preprocessing, one
+    batch of blank windows, and blank scores carried back to the scan's grid. Returns that label map."""
+    device, classes = segmenter.device, segmenter.settings.model.out_channels
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    blank = torch.zeros(BLANK_SHAPE, dtype=torch.int16, device=device)
+    model_input = preprocess_scan(blank, affine, segmenter.settings)
+    segmenter.blank_windows()
+    scores = torch.zeros((classes, *model_input.shape[1:]), device=device)
+    return probabilities_to_labels_on_device(scores, _affine_of(model_input), BLANK_SHAPE, affine)
+
+
+BLANK_SHAPE = (40, 40, 40)
+
+
+def _quietly(task, *args) -> None:
+    with contextlib.suppress(Exception):
+        task(*args)
 
 
 def preprocess_scan(image, affine: np.ndarray, settings: Settings):

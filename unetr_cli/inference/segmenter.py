@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -36,23 +36,19 @@ class Segmenter:
         self.aggregate_on_cpu = False
         self.notes: list[str] = []
         self.agreement: dict[int, float] | None = None  # of the last TTA prediction, per class present
-        self._warming_up: threading.Thread | None = None
+        self._beside: threading.Thread | None = None  # work the next windows wait for (`run_beside`)
 
-    def warm_up(self) -> None:
-        """On a GPU, run the model once on blank windows in a helper thread, so that its kernels load and
-        cuDNN chooses its algorithms while the first scan is read and preprocessed (a process's first windows
-        take about 20 times as long as the next); the first windows wait for it. A failure there is left for
-        the real windows to report."""
-        if self.device.type == "cuda" and self._warming_up is None:
-            self._warming_up = threading.Thread(target=self._blank_windows, name="unetr-warm-up", daemon=True)
-            self._warming_up.start()
+    def run_beside(self, task: Callable[[], None]) -> None:
+        """Run `task` in a helper thread; the next windows wait until it has finished."""
+        self._beside = threading.Thread(target=task, name="unetr-beside", daemon=True)
+        self._beside.start()
 
     @torch.no_grad()
-    def _blank_windows(self) -> None:
+    def blank_windows(self) -> None:
+        """One batch of blank windows through the model, as the real windows go (a warm-up)."""
         size, channels = self.settings.model.img_size, self.settings.model.in_channels
-        with contextlib.suppress(Exception), autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype):
             self._forward(torch.zeros(self.sw_batch_size, channels, size, size, size, device=self.device))
-            torch.cuda.synchronize(self.device)
 
     def take_agreement(self) -> dict[int, float] | None:
         """The last TTA prediction's per-class agreement (`flip_agreement`), cleared for the next scan."""
@@ -108,8 +104,8 @@ class Segmenter:
     def _run_windows(self, image: torch.Tensor) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
-        if self._warming_up is not None:
-            self._warming_up.join()
+        if self._beside is not None:
+            self._beside.join()
         inference = self.settings.inference
         output_device = torch.device("cpu") if self.aggregate_on_cpu else self.device
         with autocast(self.device, self.dtype):
