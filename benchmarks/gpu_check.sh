@@ -13,7 +13,9 @@
 # left of the budget, whichever is less, and a part with under a minute left is skipped and said so. So one
 # part that hangs does not cost the others, and a device call ends with its summary. With a short lease, put
 # first what matters most, e.g. PARTS="gpu-tests bench", then PARTS=cpu-suite in a second call. The
-# benchmarks reuse the demo that the GPU tests trained when it is there.
+# benchmarks reuse the demo that the GPU tests trained when it is there. GPU_TESTS_K picks GPU tests by pytest's
+# -k expression (e.g. "predict or warm"); PREDICT_BENCH_ARGS and TRAIN_BENCH_ARGS add the benchmarks' flags
+# (e.g. --skip-agreement, --skip-demo: each leaves out minutes of work).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/.data/gpu_check}
@@ -24,6 +26,8 @@ touch "$out/.began"
 began=$(date +%s)
 deadline=$(( began + ${BUDGET_S:-570} ))
 stamp() { echo "[gpu_check $(( $(date +%s) - began )) s] $*"; }
+read -ra predict_args <<< "${PREDICT_BENCH_ARGS:-}"
+read -ra train_args <<< "${TRAIN_BENCH_ARGS:-}"
 
 # The seconds a part may take: its own limit or what is left of the budget (keeping 20 s for the summary).
 limit() {
@@ -68,7 +72,7 @@ gpu_tests() {
   stamp "gpu tests (limit $(limit ${GPU_TESTS_S:-300}) s)"
   OMP_NUM_THREADS=8 timeout -s INT -k 20 "$(limit ${GPU_TESTS_S:-300})" $py -m pytest -m gpu -v -rA -s \
     --durations=25 -p no:cacheprovider --basetemp=/tmp/unetr-gpu-tests \
-    --junitxml="$out/gpu_tests.xml" > "$out/gpu_tests.log" 2>&1
+    --junitxml="$out/gpu_tests.xml" ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} > "$out/gpu_tests.log" 2>&1
   stamp "gpu tests exit $?"; tail -5 "$out/gpu_tests.log"
   # The demo the GPU tests trained is the trained model the benchmarks use.
   if [[ -f /tmp/unetr-gpu-tests/test_demo_on_cuda0/demo/run/checkpoint_latest.pt && ! -e benchmarks/.data/demo ]]; then
@@ -76,9 +80,9 @@ gpu_tests() {
   fi
 }
 
-benchmark() {  # NAME SCRIPT OWN_LIMIT
-  stamp "$1 benchmark (limit $(limit "$3") s)"
-  timeout -k 10 "$(limit "$3")" $py "benchmarks/$2" > "$out/${2%.py}.log" 2>&1
+benchmark() {  # NAME SCRIPT OWN_LIMIT [ARGUMENTS...]
+  stamp "$1 benchmark (limit $(limit "$3") s) ${*:4}"
+  timeout -k 10 "$(limit "$3")" $py "benchmarks/$2" "${@:4}" > "$out/${2%.py}.log" 2>&1
   stamp "$1 benchmark exit $?"; tail -8 "$out/${2%.py}.log"
   find benchmarks/results -name 'gpu_*.json' -newer "$out/.began" -exec cp {} "$out/" \;
 }
@@ -88,12 +92,12 @@ for part in ${PARTS:-tests bench}; do
     tests) can_start tests && { start_cpu_suite; gpu_tests; finish_cpu_suite; } ;;
     gpu-tests) can_start gpu-tests && gpu_tests ;;
     cpu-suite) can_start cpu-suite && { start_cpu_suite; finish_cpu_suite; } ;;
-    predict) can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" ;;
-    train) can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" ;;
+    predict) can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" "${predict_args[@]}" ;;
+    train) can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" "${train_args[@]}" ;;
     step) can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
     bench)
-      can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}"
-      can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}"
+      can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" "${predict_args[@]}"
+      can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" "${train_args[@]}"
       can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
     *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, step, bench)" ;;
   esac
