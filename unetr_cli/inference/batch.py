@@ -242,12 +242,12 @@ def predict_batch(
     """Segment every input into its output with the segmenter `load_segmenter` builds on `device`; a failure
     is reported and the batch goes on.
 
-    The first scan decodes in a helper thread while the model is built (not at all when every output exists
-    already); on a GPU, every device stage then warms up on a blank scan (`scan.warm_up`) while the first
-    scan's decoding and checks finish. Decoding the next scan and writing the last one's outputs also run in
-    the two helper threads on a GPU, while it works on the current scan (zlib, the bulk of both, runs outside
-    the interpreter lock). On the CPU those steps run one after another, as the cores are all busy with the
-    model.
+    The first scan is decoded and its orientation checked in a helper thread while the model is built (not
+    at all when every output exists already); on a GPU, every device stage then warms up on a blank scan
+    (`scan.warm_up`) meanwhile. Decoding and checking the next scan and writing the last one's outputs also
+    run in the two helper threads on a GPU, while it works on the current scan (zlib and numpy, the bulk of
+    them, run outside the interpreter lock). On the CPU those steps run one after another, as the cores are
+    all busy with the model.
     """
     result = BatchResult()
     todo = []
@@ -290,8 +290,10 @@ def predict_batch(
                 if index + 1 < len(todo):
                     upcoming = read(_read, todo[index + 1][0])
                 try:
-                    scan, stages["read"] = reading.result()
-                    made = _segment(scan, segmenter, options, reporter, stages)
+                    decoded = reading.result()
+                    stages.update(decoded.seconds)
+                    scan = decoded.scan
+                    made = _segment(decoded, segmenter, options, reporter, stages)
                 except Exception as err:
                     _record_failure(result, reporter, source, err)
                     advance(source)
@@ -332,28 +334,42 @@ def _now(function, *args) -> Future:
     return future
 
 
-def _read(source) -> tuple[Scan, float]:
-    """The decoded scan and the seconds decoding took."""
+@dataclass
+class _Decoded:
+    """A decoded scan with its body found and the doubts about its orientation that the body and spine
+    raise before inference, and the seconds each took."""
+
+    scan: Scan
+    body: object
+    problems: list[str]
+    seconds: dict[str, float]
+
+
+def _read(source) -> _Decoded:
+    """Decode a scan and check its orientation (on a GPU in the reader thread, beside the GPU's work)."""
     started = time.perf_counter()
     if isinstance(source, Path) and not source.exists():
         raise InputError(source, "file not found")
-    return read_scan(source), time.perf_counter() - started
+    scan = read_scan(source)
+    decoded = time.perf_counter()
+    body = find_body(scan.image, scan.affine)
+    problems = orientation_before_inference(body)
+    seconds = {"read": decoded - started, "orientation": time.perf_counter() - decoded}
+    return _Decoded(scan, body, problems, seconds)
 
 
 def _segment(
-    scan: Scan, segmenter: Segmenter, options: PredictOptions, reporter: Reporter, stages: StageTimes
+    decoded: _Decoded, segmenter: Segmenter, options: PredictOptions, reporter: Reporter, stages: StageTimes
 ) -> Made:
     """A decoded scan's post-processed label map, its orientation checked before and after inference."""
-    classes = segmenter.settings.model.out_channels
+    scan, classes = decoded.scan, segmenter.settings.model.out_channels
     cleanup = PostProcessing.of(segmenter.settings.inference)
-    with stages.stage("orientation"):
-        body = find_body(scan.image, scan.affine)
-        _check_orientation(scan, orientation_before_inference(body), options, reporter)
+    _check_orientation(scan, decoded.problems, options, reporter)
     labels = segment_scan(scan, segmenter, stages)
     with stages.stage("postprocess"):
         labels, removed = postprocess(labels, scan.info.voxel_ml, cleanup, classes)
     with stages.stage("orientation"):
-        problems = orientation_after_inference(labels, scan.affine, body)
+        problems = orientation_after_inference(labels, scan.affine, decoded.body)
         _check_orientation(scan, problems, options, reporter)
     return Made(labels, segmenter.take_agreement(), removed, cleanup)
 
