@@ -115,8 +115,8 @@ def predict(
       unetr predict scan.nrrd -o scan_seg.seg.nrrd --checkpoint model.pth
     """
     from unetr_cli.distributed import Launch
-    from unetr_cli.inference.batch import (
-        PredictOptions,
+    from unetr_cli.inference.batch import PredictOptions
+    from unetr_cli.inference.inputs import (
         check_outputs,
         choose_format,
         expand_inputs,

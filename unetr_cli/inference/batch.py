@@ -1,11 +1,11 @@
-"""Batch prediction: expand inputs, plan outputs, segment each scan, write label maps and what goes with them.
+"""Batch prediction: segment each planned scan, write label maps and what goes with them (`inputs` finds the
+scans and plans their outputs).
 
 One failing case is reported and skipped; the summary at the end says which failed.
 """
 
 from __future__ import annotations
 
-import glob
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from unetr_cli.console import Reporter, debugging
-from unetr_cli.errors import InputError, OutputExistsError, UsageError, failure_message
-from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
+from unetr_cli.errors import InputError, OutputExistsError, failure_message
 from unetr_cli.inference.plausibility import (
     ScanReport,
     assess,
@@ -30,15 +29,7 @@ from unetr_cli.inference.reports import output_stem, write_label_sidecars, write
 from unetr_cli.inference.scan import Scan, read_scan, segment_scan, warm_up
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.inference.stages import StageTimes
-from unetr_cli.volumes import (
-    OUTPUT_FORMATS,
-    file_kind,
-    output_format,
-    save_itk,
-    save_nifti,
-    save_segmentation_nrrd,
-    scan_suffix,
-)
+from unetr_cli.volumes import save_itk, save_nifti, save_segmentation_nrrd
 
 
 @dataclass
@@ -63,160 +54,6 @@ class BatchResult:
     skipped: list[Path] = field(default_factory=list)
     failed: dict[Path, str] = field(default_factory=dict)
     flagged: dict[Path, str] = field(default_factory=dict)  # with --fail-on-flags: the report's summary line
-
-
-def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[list, list[str], dict]:
-    """The scans named by files, folders and glob patterns, in order, without duplicates: NIfTI, NRRD and
-    MetaImage files (a folder's own), and the CT series of DICOM files (in a folder, searched recursively, or
-    a .zip). Returns the scans (paths and `dicom.DicomSeries`), one line per series skipped (not CT), and the
-    DICOM files that could not be read, each with its message (failures of the batch)."""
-    from unetr_cli.dicom import DicomSeries, choose_series, find_series, is_dicom_file
-
-    found: list = []
-    unreadable: dict = {}
-
-    def dicom_series(root: Path) -> list:
-        series, broken = find_series(root)
-        unreadable.update({err.path: str(err) for err in broken})
-        return series
-
-    for item in inputs:
-        path = Path(item)
-        if any(ch in item for ch in "*?[") and not path.exists():
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            if not matches:
-                raise UsageError(f"{item}: the pattern matches no files")
-        else:
-            matches = [path]
-        for match in matches:
-            if match.is_dir():
-                files = sorted(
-                    p for p in match.iterdir() if p.is_file() and scan_suffix(p) and not _not_a_scan(p)
-                )
-                has_dicom = any(is_dicom_file(p) for p in match.rglob("*") if p.is_file())
-                if not files and not has_dicom:
-                    raise UsageError(
-                        f"{match}: holds no scans (NIfTI, NRRD, MetaImage files or DICOM series)"
-                    )
-                found += files + (dicom_series(match) if has_dicom else [])
-            elif match.is_file() and file_kind(match) == "zip":
-                found += dicom_series(match)
-            else:
-                found.append(match)  # a missing or unreadable file is reported per case
-    series = [s for s in found if isinstance(s, DicomSeries)]
-    skipped = [f"skipped {s.summary()}: not CT" for s in series if s.modality != "CT"]
-    chosen = {id(s) for s in choose_series([s for s in series if s.modality == "CT"], series_uid)}
-    scans, seen = [], set()
-    for source in found:
-        if isinstance(source, DicomSeries):
-            key, keep = source.uid, id(source) in chosen
-        else:
-            key, keep = source, series_uid is None
-        if keep and key not in seen:
-            seen.add(key)
-            scans.append(source)
-    if not scans:
-        raise UsageError(
-            "\n".join(unreadable.values())
-            or "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
-            "folder or .zip) or a glob pattern"
-        )
-    return scans, skipped, unreadable
-
-
-def unreadable_formats(scans: list) -> dict:
-    """The named files that are no scan format unetr reads (by their content), each with its one line: found
-    before the model loads; the batch segments the rest."""
-    refused = {}
-    for source in scans:
-        kind = file_kind(source) if isinstance(source, Path) and source.is_file() else None
-        if kind == "dicom":
-            refused[source] = f"{source}: is one DICOM slice: name the folder (or .zip) of its series"
-        elif kind is not None and kind not in ("nifti", "nrrd", "metaimage"):
-            refused[source] = (
-                f"{source}: not a readable NIfTI file (damaged, or not NIfTI despite its name)"
-                if scan_suffix(source) in (".nii", ".nii.gz")
-                else f"{source}: not a scan file: expected NIfTI, NRRD, MetaImage or a DICOM series"
-            )
-    return refused
-
-
-def _not_a_scan(path: Path) -> bool:
-    """In a folder of scans: hidden files (temporary files among them) and unetr's own label maps (a
-    `<name>_seg.*` beside its `<name>_seg.json` sidecar), so `-o` may be the input folder."""
-    if path.name.startswith("."):
-        return True
-    stem = output_stem(path)
-    return stem.name.endswith("_seg") and stem.with_suffix(".json").is_file()
-
-
-def scan_name(source) -> str:
-    """The base of a scan's output names: a file's name without its suffix, a DICOM series' folder."""
-    return source.name if hasattr(source, "uid") else output_stem(Path(source)).name
-
-
-def choose_format(output: Path, requested: str | None, sources: list) -> str:
-    """The output format: --output-format, else what `-o`'s ending names, else NIfTI. DICOM-SEG references its
-    source series, so it needs DICOM inputs only."""
-    named = output_format(output) if not output.is_dir() else None
-    if requested is not None and requested not in OUTPUT_FORMATS:
-        raise UsageError(f"--output-format {requested}: expected one of {', '.join(OUTPUT_FORMATS)}")
-    if requested and named and named != requested and len(sources) == 1:
-        raise UsageError(f"-o {output}: the name asks for {named}, --output-format for {requested}")
-    fmt = requested or (named if len(sources) == 1 else None) or "nifti"
-    if fmt == "dicom-seg":
-        others = [s for s in sources if not hasattr(s, "uid")]
-        if others:
-            raise UsageError(
-                f"--output-format dicom-seg needs DICOM input; {others[0]} is not a DICOM series"
-            )
-    return fmt
-
-
-def plan_outputs(sources: list, output: Path, fmt: str) -> list[Path]:
-    """`-o` is the output file for a single input and a folder (`<name>_seg.<format suffix>` each) for
-    several."""
-    if len(sources) == 1 and output_format(output) and not output.is_dir():
-        return [output]
-    if output_format(output) and not output.is_dir():
-        raise UsageError(f"-o {output}: with {len(sources)} inputs, -o must be a folder")
-    names = [f"{scan_name(s)}_seg{OUTPUT_FORMATS[fmt]}" for s in sources]
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise UsageError(
-            f"inputs from different folders share the name(s) {sorted(duplicates)}; predict them separately"
-        )
-    return [output / name for name in names]
-
-
-def check_outputs(inputs: list[Path], outputs: list[Path], options: PredictOptions) -> None:
-    """Before any work: no output is an input (paths and inodes compared, links followed), outputs that exist
-    need --overwrite or --skip-existing, and every output folder can be created and written. Temporary files
-    that dead unetr processes left in them are removed."""
-    files = [f for s in inputs for f in (s.files if hasattr(s, "files") else [Path(s)])]
-    scans = {_identity(p): p for p in files if p.exists()}
-    for target in outputs:
-        source = scans.get(_identity(target)) if target.exists() else None
-        if source is not None or target.resolve() in {p.resolve() for p in files}:
-            raise UsageError(
-                f"-o {target}: is the input scan {source or target}; inputs are never overwritten, choose "
-                "another output"
-            )
-    existing = [p for p in outputs if p.exists()]
-    if existing and not (options.overwrite or options.skip_existing):
-        raise OutputExistsError(
-            existing[0],
-            f"{len(existing)} output(s) exist; pass --overwrite to replace "
-            "them or --skip-existing to keep them",
-        )
-    for folder in dict.fromkeys(p.parent for p in outputs):
-        ensure_writable_folder(folder, "-o")
-        remove_stale_temporaries(folder)
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_dev, stat.st_ino
 
 
 def is_complete(target: Path, options: PredictOptions) -> bool:
