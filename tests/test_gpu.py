@@ -150,17 +150,13 @@ def test_evaluate_on_cuda_matches_the_cpu(trained_run, tiny_dataset, tmp_path, s
     assert scores["cuda"] == pytest.approx(scores["cpu"], abs=0.005)
 
 
-@pytest.mark.parametrize(
-    ("amp_dtype", "precision"), [("bf16", "bf16 autocast"), ("fp16", "fp16 autocast + GradScaler")]
-)
-@pytest.mark.parametrize("pipeline", ["device", "host", "workers"])
-def test_train_on_cuda(tiny_dataset, tmp_path, amp_dtype, precision, pipeline):
-    run = tmp_path / "run"
-    result = invoke(
+def _train_on_cuda(dataset: Path, run: Path, *flags):
+    """`unetr train` of the tiny preset on the GPU for 3 epochs (validation at the last), with `flags`."""
+    return invoke(
         "train",
         *TINY,
         "--data-dir",
-        tiny_dataset,
+        dataset,
         "--logdir",
         run,
         "--max-epochs",
@@ -169,11 +165,19 @@ def test_train_on_cuda(tiny_dataset, tmp_path, amp_dtype, precision, pipeline):
         "3",
         "--device",
         "cuda",
-        "-s",
-        f"optimisation.amp_dtype={amp_dtype}",
-        "-s",
-        f"data.pipeline={pipeline}",
+        *flags,
         "--json",
+    )
+
+
+@pytest.mark.parametrize(
+    ("amp_dtype", "precision"), [("bf16", "bf16 autocast"), ("fp16", "fp16 autocast + GradScaler")]
+)
+@pytest.mark.parametrize("pipeline", ["device", "host", "workers"])
+def test_train_on_cuda(tiny_dataset, tmp_path, amp_dtype, precision, pipeline):
+    run = tmp_path / "run"
+    result = _train_on_cuda(
+        tiny_dataset, run, "-s", f"optimisation.amp_dtype={amp_dtype}", "-s", f"data.pipeline={pipeline}"
     )
     assert result.exit_code == 0, result.output
     start = _events(result.stdout, "start")[0]
@@ -194,25 +198,14 @@ def test_cuda_graphs_train_as_eager_steps_do(tiny_dataset, tmp_path):
     losses = {}
     for graphs in ("true", "false"):
         run = tmp_path / graphs
-        result = invoke(
-            "train",
-            *TINY,
-            "--data-dir",
+        result = _train_on_cuda(
             tiny_dataset,
-            "--logdir",
             run,
-            "--max-epochs",
-            "3",
-            "--val-every",
-            "3",
-            "--device",
-            "cuda",
             "--no-amp",
             "-s",
             "optimisation.batch_size=3",
             "-s",
             f"optimisation.cuda_graphs={graphs}",
-            "--json",
         )
         assert result.exit_code == 0, result.output
         assert _events(result.stdout, "warning") == []  # recorded: no fall-back to eager steps
