@@ -8,8 +8,10 @@ line on stderr and an exit code; `--debug` or `UNETR_DEBUG=1` shows the tracebac
 
 from __future__ import annotations
 
-import gc
+import atexit
+import contextlib
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -78,11 +80,23 @@ for _function in (
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Once the command is done, the process ends at once (`_end_now`)."""
     skip_unused_extras()
     try:
         app(prog_name="unetr")
-    finally:
-        # Python's final garbage collections would walk every object torch and MONAI made: over a second of
-        # each run's exit (measured). Frozen, they are left to the operating system; files are closed by then.
-        gc.freeze()
+    except SystemExit as done:  # how Typer always ends: with the command's exit code
+        if done.code is None or isinstance(done.code, int):
+            _end_now(done.code or 0)
+        raise
+
+
+def _end_now(code: int) -> None:
+    """Run the exit handlers (temporary folders, multiprocessing children), flush the output, and leave the
+    rest of the interpreter's teardown to the operating system: freeing every object torch and MONAI made and,
+    on a GPU, the CUDA context took 0.3 s of each `unetr predict` there (over a second before `gc.freeze`).
+    Every file unetr writes is closed and synced by then (`files.atomic_output`)."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not turn success into a traceback
+            stream.flush()
+    os._exit(code)

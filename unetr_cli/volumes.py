@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetr_cli.compression import write_gzip
 from unetr_cli.errors import InputError, OutputExistsError
 from unetr_cli.files import atomic_output
 
@@ -329,7 +330,10 @@ def save_nifti(
         img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     with atomic_output(path, overwrite=overwrite) as tmp:
-        nib.save(img, str(tmp))
+        if path.name.endswith(".gz"):  # compressed on every core, not in one zlib call
+            write_gzip(tmp, img.to_bytes())
+        else:
+            nib.save(img, str(tmp))
     return path
 
 

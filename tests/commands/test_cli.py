@@ -81,3 +81,31 @@ def test_debug_env_var_shows_the_traceback(monkeypatch):
 def test_unknown_command_is_a_usage_error():
     result = invoke("trian")
     assert result.exit_code == 2
+
+
+_MAIN = """
+import atexit, pathlib, sys
+
+class LeftToTheSystem:
+    def __del__(self):
+        print("interpreter teardown ran", file=sys.stderr)
+
+kept = LeftToTheSystem()  # freed only by the interpreter's own teardown
+atexit.register(pathlib.Path(sys.argv[1]).touch)
+sys.argv = ["unetr", *sys.argv[2:]]
+from unetr_cli.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["config", "show"], 0), (["config", "show", "--set", "x=1"], 2)])
+def test_the_process_ends_at_once_with_its_code_output_and_exit_handlers(tmp_path, args, code):
+    marker = tmp_path / "exit-handlers-ran"
+    done = subprocess.run([sys.executable, "-c", _MAIN, str(marker), *args], capture_output=True, text=True)
+    assert done.returncode == code, done.stderr
+    assert marker.exists()  # e.g. the temporary folder of an unzipped DICOM series is removed
+    assert "interpreter teardown ran" not in done.stderr  # the slow part skipped
+    if code == 0:
+        assert done.stdout == invoke(*args).stdout  # every line of the output, flushed before the end
+    else:
+        assert "x=1" in done.stderr and "Traceback" not in done.stderr
