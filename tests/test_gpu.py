@@ -284,30 +284,34 @@ def test_export_checks_parity_on_cuda(trained_run, gpu_scans, tmp_path, kind):
 
 def test_the_gpu_warms_up_while_the_model_is_built():
     """`devices.warming_up` creates the CUDA context in its own thread while the block runs (a fresh process,
-    so nothing else has touched the GPU; the block itself makes no CUDA call)."""
+    so nothing else has touched the GPU; the block itself makes no CUDA call), then runs the tasks it is
+    given there, before the block ends."""
     code = (
-        "import time, torch\n"
+        "import threading, time, torch\n"
         "from unetr_cli.devices import warming_up\n"
-        "with warming_up(torch.device('cuda')):\n"
+        "ran = []\n"
+        "with warming_up(torch.device('cuda'), lambda: ran.append(threading.current_thread().name)):\n"
         "    waited = 0.0\n"
         "    while not torch.cuda.is_initialized() and waited < 60:\n"
         "        time.sleep(0.05)\n"
         "        waited += 0.05\n"
         "    print('initialised within the block:', torch.cuda.is_initialized())\n"
+        "print('then ran in:', ran)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "initialised within the block: True" in done.stdout
+    assert "then ran in: ['cuda-warm-up']" in done.stdout
 
 
 def test_the_device_path_warms_up_on_a_blank_scan_before_the_first_scan(gpu_scans):
-    """`scan.warm_up` runs the model once in a helper thread (after preprocessing a blank scan, before
-    carrying blank scores back); the first real windows wait for it, and the label map is the one a
-    segmenter that did not warm up makes."""
+    """`scan.warm_up` runs the model once in a helper thread, after the stages that need no model warmed up
+    (`scan.warm_up_stages`, as the model is built); the first real windows wait for it, and the label map is
+    the one a segmenter that did not warm up makes."""
     import copy
     import threading
 
-    from unetr_cli.inference.scan import read_scan, segment_scan, warm_up
+    from unetr_cli.inference.scan import BLANK_SHAPE, read_scan, segment_scan, warm_up, warm_up_stages
     from unetr_cli.inference.segmenter import Segmenter
     from unetr_cli.model import build_model
     from unetr_cli.settings import SettingsSources, resolve_settings
@@ -317,6 +321,8 @@ def test_the_device_path_warms_up_on_a_blank_scan_before_the_first_scan(gpu_scan
     twin, callers = copy.deepcopy(model), []
     model.register_forward_hook(lambda *_: callers.append(threading.current_thread().name))
     scan = read_scan(gpu_scans / "lps.nii.gz")
+    blank = warm_up_stages(settings, torch.device("cuda"))
+    assert blank.shape == BLANK_SHAPE and not blank.any()  # blank scores: background everywhere
     warmed = Segmenter(model, settings, torch.device("cuda"))
     warm_up(warmed)
     labels = segment_scan(scan, warmed)

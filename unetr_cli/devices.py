@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -33,14 +34,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def warming_up(device: torch.device):
+def warming_up(device: torch.device, *then: Callable[[], object]):
     """On a GPU, create the CUDA context and load cuDNN and cuBLAS in a background thread while the block runs
-    (importing MONAI, building the model), instead of one after the other at the model's first use; the
-    thread is joined when the block ends. A failure there is left for that first use to report."""
+    (importing MONAI, building the model), instead of one after the other at the model's first use, then run
+    the tasks `then` there (GPU work that needs no model); the thread is joined when the block ends. A failure
+    there is left for the first real use to report."""
     if device.type != "cuda":
         yield
         return
-    thread = threading.Thread(target=_first_kernels, args=(device,), name="cuda-warm-up", daemon=True)
+    thread = threading.Thread(target=_first_kernels, args=(device, then), name="cuda-warm-up", daemon=True)
     thread.start()
     try:
         yield
@@ -48,11 +50,13 @@ def warming_up(device: torch.device):
         thread.join()
 
 
-def _first_kernels(device: torch.device) -> None:
+def _first_kernels(device: torch.device, then: tuple[Callable[[], object], ...]) -> None:
     with contextlib.suppress(Exception):
         volume, kernel = torch.zeros(1, 1, 4, 4, 4, device=device), torch.zeros(1, 1, 3, 3, 3, device=device)
         torch.nn.functional.conv3d(volume, kernel)
         torch.zeros(8, 8, device=device) @ torch.zeros(8, 8, device=device)
+        for task in then:
+            task()
         torch.cuda.synchronize(device)
 
 

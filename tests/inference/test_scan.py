@@ -155,16 +155,18 @@ def test_a_model_output_that_is_not_finite_is_an_error(tmp_path):
 
 
 def test_the_warm_up_runs_every_device_stage_on_a_blank_scan():
-    """What `scan.warm_up` runs beside the first scan on a GPU, here on CPU tensors: a blank scan
-    preprocessed, one batch of windows of the model's size, and scores carried back to its grid."""
-    from unetr_cli.inference.scan import BLANK_SHAPE, segment_blank_scan
+    """What the warm-up runs on a GPU, here on CPU tensors: while the model is built, a blank scan
+    preprocessed and scores carried back to its grid (`warm_up_stages`); then one batch of windows of the
+    model's size (`Segmenter.blank_windows`, which `warm_up` runs beside the first scan)."""
+    from unetr_cli.inference.scan import BLANK_SHAPE, warm_up_stages
 
     settings = resolve_settings(SettingsSources(preset="tiny-cpu"), {"inference.device": "cpu"})
+    labels = warm_up_stages(settings, torch.device("cpu"))
+    assert labels.shape == BLANK_SHAPE and labels.dtype == np.uint8
     windows = []
     model = BrightVoxels(0.5)
     model.register_forward_hook(lambda _, inputs, __: windows.append(tuple(inputs[0].shape)))
     segmenter = Segmenter(model, settings, torch.device("cpu"))
-    labels = segment_blank_scan(segmenter)
+    segmenter.blank_windows()
     size = settings.model.img_size
     assert windows == [(segmenter.sw_batch_size, 1, size, size, size)]
-    assert labels.shape == BLANK_SHAPE and labels.dtype == np.uint8

@@ -170,13 +170,14 @@ def predict(
     else:
         from unetr_cli.devices import resolve_device, warming_up
         from unetr_cli.inference.batch import predict_batch
+        from unetr_cli.inference.scan import warm_up_stages
         from unetr_cli.inference.segmenter import Segmenter
         from unetr_cli.model import model_with_weights
 
         device = resolve_device(settings.inference.device)
 
         def load_segmenter() -> Segmenter:
-            with warming_up(device):
+            with warming_up(device, lambda: warm_up_stages(settings, device)):
                 model = model_with_weights(settings.model, weights.state_dict, weights.source)
             segmenter = Segmenter(model, settings, device)
             _report_ready(reporter, segmenter)

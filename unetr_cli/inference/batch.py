@@ -80,8 +80,9 @@ def predict_batch(
     is reported and the batch goes on.
 
     The first scan is decoded and its orientation checked in a helper thread while the model is built (not
-    at all when every output exists already); on a GPU, every device stage then warms up on a blank scan
-    (`scan.warm_up`) meanwhile. Decoding and checking the next scan and writing the last one's outputs also
+    at all when every output exists already). On a GPU, `load_segmenter` warms up the stages that need no
+    model meanwhile (`scan.warm_up_stages`), and the model then runs blank windows while the first scan is
+    preprocessed (`scan.warm_up`). Decoding and checking the next scan and writing the last one's outputs also
     run in the two helper threads on a GPU, while it works on the current scan (zlib and numpy, the bulk of
     them, run outside the interpreter lock). On the CPU those steps run one after another, as the cores are
     all busy with the model.

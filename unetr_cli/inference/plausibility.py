@@ -38,7 +38,7 @@ FRAGMENT_MIN_ML = 0.5  # ... and at least this size
 MIN_AGREEMENT = 0.8  # Dice between a flipped prediction and the averaged one, mean over flips
 LIVER, SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, STOMACH, AORTA, IVC = 6, 1, 2, 3, 7, 8, 9
 ORIENTATION_ORGANS = (LIVER, SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, AORTA, IVC)
-ORIENTATION_VOXELS = 2**22  # the organs' positions are judged on at most about this many label-map voxels
+ORIENTATION_VOXELS = 2**20  # the organs' positions are judged on about this many label-map voxels at most
 
 FLAG_MEANINGS = {
     "lateral": "mostly on the wrong side of the midline",

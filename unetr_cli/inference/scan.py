@@ -105,25 +105,25 @@ def segment_scan(scan: Scan, segmenter: Segmenter, stages: StageTimes | None = N
     return _segment_on_host(scan, segmenter, stages)
 
 
-def warm_up(segmenter: Segmenter) -> None:
-    """On a GPU, run every device stage once on a small blank scan in a helper thread (`segment_blank_scan`),
-    so that their kernels load and cuDNN chooses its algorithms while the first real scan is read and
-    checked: a process's first windows take about 20 times as long as the next. The real windows wait for
-    it; a failure there is left for the real scan to meet."""
-    if segmenter.device.type == "cuda":
-        segmenter.run_beside(lambda: _quietly(segment_blank_scan, segmenter))
-
-
-def segment_blank_scan(segmenter: Segmenter) -> np.ndarray:
-    """The device path's stages on a blank int16 scan of water, stored LPS at 1 mm: preprocessing, one
-    batch of blank windows, and blank scores carried back to the scan's grid. Returns that label map."""
-    device, classes = segmenter.device, segmenter.settings.model.out_channels
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+def warm_up_stages(settings: Settings, device: torch.device) -> np.ndarray:
+    """The device path's stages that need no model, on a blank int16 scan of water stored LPS at 1 mm:
+    preprocessing, and blank scores carried back to the scan's grid. On a GPU it runs while the model is
+    built (`devices.warming_up`), so that their kernels are loaded when the first real scan comes. Returns
+    the label map."""
     blank = torch.zeros(BLANK_SHAPE, dtype=torch.int16, device=device)
-    model_input = preprocess_scan(blank, affine, segmenter.settings)
-    segmenter.blank_windows()
-    scores = torch.zeros((classes, *model_input.shape[1:]), device=device)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    model_input = preprocess_scan(blank, affine, settings)
+    scores = torch.zeros((settings.model.out_channels, *model_input.shape[1:]), device=device)
     return probabilities_to_labels_on_device(scores, _affine_of(model_input), BLANK_SHAPE, affine)
+
+
+def warm_up(segmenter: Segmenter) -> None:
+    """On a GPU, run one batch of blank windows in a helper thread (`Segmenter.blank_windows`), so that the
+    model's kernels load and cuDNN chooses its algorithms while the first real scan is preprocessed: a
+    process's first windows take about 20 times as long as the next. The real windows wait for it; a failure
+    there is left for the real scan to meet."""
+    if segmenter.device.type == "cuda":
+        segmenter.run_beside(lambda: _quietly(segmenter.blank_windows))
 
 
 BLANK_SHAPE = (40, 40, 40)

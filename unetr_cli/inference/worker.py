@@ -82,6 +82,7 @@ def run_share(job: PredictJob, job_file: Path) -> None:
     from unetr_cli.console import Reporter
     from unetr_cli.devices import rank_device, resolve_device, warming_up
     from unetr_cli.inference.batch import predict_batch
+    from unetr_cli.inference.scan import warm_up_stages
     from unetr_cli.inference.segmenter import Segmenter
     from unetr_cli.model import model_with_weights
 
@@ -89,7 +90,7 @@ def run_share(job: PredictJob, job_file: Path) -> None:
     device = rank_device(resolve_device(job.settings.inference.device))
 
     def load_segmenter() -> Segmenter:
-        with warming_up(device):
+        with warming_up(device, lambda: warm_up_stages(job.settings, device)):
             weights = read_weights(job.weights, job.trust_torchscript)
             model = model_with_weights(job.settings.model, weights.state_dict, weights.source)
         return Segmenter(model, job.settings, device)
