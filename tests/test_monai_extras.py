@@ -83,3 +83,29 @@ def test_unetr_predict_runs_without_loading_the_extras(extras_installed, trained
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / scan.name.replace(".nii.gz", "_seg.nii.gz")).exists()
     assert not _imported(marks)
+
+
+_SUBPACKAGES = (
+    "import sys\n"
+    "{setup}"
+    "import monai\n"
+    "from monai.networks.nets import UNETR\n"
+    "loaded = [m for m in ('monai.auto3dseg', 'monai.engines', 'monai.optimizers', 'monai.apps.detection',\n"
+    "                      'monai.apps.pathology', 'monai.losses', 'monai.metrics') if m in sys.modules]\n"
+    "from monai.losses import DiceCELoss  # what unetr imports where it uses it\n"
+    "from monai.metrics import compute_surface_dice\n"
+    "import monai.auto3dseg  # and anything else, once MONAI has loaded\n"
+    "print('LOADED', loaded)\n"
+)
+
+
+def test_the_programs_load_only_the_monai_subpackages_they_use():
+    """`import monai` loads every subpackage and module; for the unetr programs only `USED_PACKAGES`, and the
+    rest is imported when something imports it."""
+    setup = "from unetr_cli.monai_extras import skip_unused_extras\nskip_unused_extras()\n"
+    narrowed = _python(_SUBPACKAGES.format(setup=setup), dict(os.environ))
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert "LOADED []" in narrowed.stdout
+    whole = _python(_SUBPACKAGES.format(setup=""), dict(os.environ))
+    assert whole.returncode == 0, whole.stderr
+    assert "'monai.auto3dseg'" in whole.stdout and "'monai.losses'" in whole.stdout

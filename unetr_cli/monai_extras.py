@@ -1,20 +1,25 @@
-"""MONAI without the optional extras unetr does not use.
+"""MONAI without the optional extras and the subpackages unetr does not use.
 
-`import monai` imports every MONAI submodule, and they import each optional package MONAI can use that is
-installed: scikit-image, pandas, transformers, OpenCV, CuPy, TensorRT, MLflow, scipy.stats and more. The MONAI
-features unetr uses (UNETR, transforms, sliding windows, DiceCE, surface distances) need only `NEEDED`.
+`import monai` imports every MONAI submodule (every subpackage, then every module of each, for its bundle
+configs' component lookup), and they import each optional package MONAI can use that is installed:
+scikit-image, pandas, transformers, OpenCV, CuPy, TensorRT, MLflow, scipy.stats and more. The MONAI features
+unetr uses (UNETR, transforms, sliding windows, DiceCE, surface distances) need only `NEEDED`.
 
 The unetr programs (the CLI and its torchrun workers) call `skip_unused_extras()` first. From then until MONAI
-has loaded, in every thread, the imports that MONAI's `optional_import` asks for outside `NEEDED` are
-refused, and MONAI keeps its placeholder, which raises only if used. So are `PLAIN_EXTRAS` when MONAI or
-nibabel ask for them (nibabel loads with MONAI, or first in the thread that decodes the first scan). Every
-other import, and every import once MONAI has loaded, is untouched; code that imports unetr as a library gets
-MONAI as it is. So start-up no longer grows with what else is installed (`import_torch_monai_as_unetr_s` in
-the benchmarks).
+has loaded, in every thread:
+- the imports that MONAI's `optional_import` asks for outside `NEEDED` are refused, and MONAI keeps its
+  placeholder, which raises only if used. So are `PLAIN_EXTRAS` when MONAI or nibabel ask for them (nibabel
+  loads with MONAI, or first in the thread that decodes the first scan);
+- MONAI's own loading of its submodules imports only `USED_PACKAGES`, in its order; any other MONAI module is
+  imported when something imports it (half of `import monai`'s time).
+Every other import, and every import once MONAI has loaded, is untouched; code that imports unetr as a library
+gets MONAI as it is. So start-up no longer grows with what else is installed (`import_torch_monai_as_unetr_s`
+in the benchmarks).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import sys
 
@@ -26,6 +31,19 @@ NEEDED = ("einops", "monai", "nibabel", "numpy", "packaging", "scipy.ndimage", "
 # bytes). Neither package requires them, so every such import is guarded; unetr imports both itself where it
 # uses them (previews, DICOM series), after MONAI has loaded.
 PLAIN_EXTRAS = ("matplotlib", "pydicom")
+
+# The MONAI subpackages `import monai` loads for the unetr programs: monai.apps first, as MONAI does, since
+# the others' imports need it (monai.data imports monai.transforms, which imports monai.apps, which imports
+# monai.data). unetr imports the rest it uses (monai.losses, monai.metrics) where it uses them.
+USED_PACKAGES = (
+    "monai.apps",
+    "monai.config",
+    "monai.data",
+    "monai.inferers",
+    "monai.networks",
+    "monai.transforms",
+    "monai.utils",
+)
 
 
 def skip_unused_extras() -> None:
@@ -65,19 +83,20 @@ class _MonaiFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if _refused(name):
             raise ModuleNotFoundError(f"{name}: an optional MONAI extra unetr does not load", name=name)
-        if name != "monai":
+        wrappers = {"monai": _ThenLeave, "monai.utils.module": _OnlyUsedPackages}
+        if name not in wrappers:
             return None
         for finder in sys.meta_path:
             find = None if finder is self else getattr(finder, "find_spec", None)
             spec = find(name, path, target) if find else None
             if spec is not None and spec.loader is not None:
-                spec.loader = _ThenLeave(spec.loader, self)
+                spec.loader = wrappers[name](spec.loader, self)
                 return spec
         return None
 
 
-class _ThenLeave(importlib.abc.Loader):
-    """Runs MONAI's own loader, then removes the finder; MONAI keeps its own loader."""
+class _MonaiLoader(importlib.abc.Loader):
+    """A MONAI module's own loader with something done around it; the module keeps its own loader."""
 
     def __init__(self, loader: importlib.abc.Loader, finder: _MonaiFinder) -> None:
         self.loader, self.finder = loader, finder
@@ -87,8 +106,32 @@ class _ThenLeave(importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+
+
+class _ThenLeave(_MonaiLoader):
+    """Loads MONAI, then removes the finder."""
+
+    def exec_module(self, module) -> None:
         try:
-            self.loader.exec_module(module)
+            super().exec_module(module)
         finally:
             if self.finder in sys.meta_path:
                 sys.meta_path.remove(self.finder)
+
+
+class _OnlyUsedPackages(_MonaiLoader):
+    """Loads `monai.utils.module` with its `load_submodules` narrowed while MONAI loads: for MONAI's own
+    package, the first call (its subpackages) imports `USED_PACKAGES`, the second (every module) nothing."""
+
+    def exec_module(self, module) -> None:
+        super().exec_module(module)
+        load_submodules, finder = module.load_submodules, self.finder
+
+        def load_used(basemod, load_all: bool = True, exclude_pattern: str = "(.*[tT]est.*)|(_.*)"):
+            if basemod.__name__ != "monai" or finder not in sys.meta_path:
+                return load_submodules(basemod, load_all, exclude_pattern)
+            packages = [] if load_all else [importlib.import_module(name) for name in USED_PACKAGES]
+            return packages, []
+
+        module.load_submodules = load_used
