@@ -181,3 +181,33 @@ def test_broken_settings_metadata_is_named(tmp_path, stored):
     save_safetensors(state, {"settings": stored}, path)
     with pytest.raises(CheckpointError, match="model.safetensors: its s"):
         read_weights(path)
+
+
+def test_the_checksums_are_checked_while_the_weights_are_read(tmp_path, monkeypatch):
+    """Both run at once (they must meet at a barrier), and a damaged archive is still refused."""
+    import threading
+
+    from unetr_cli import checkpoint
+
+    settings, state = _tiny_weights(tmp_path)
+    path = tmp_path / "model.pt"
+    torch.save({"format": "unetr-checkpoint/1", "model": state, "settings": settings.to_dict()}, path)
+    meeting = threading.Barrier(2, timeout=30)
+
+    def meeting_first(function):
+        def run(*args):
+            meeting.wait()
+            return function(*args)
+
+        return run
+
+    monkeypatch.setattr(checkpoint, "_check_archive", meeting_first(checkpoint._check_archive))
+    monkeypatch.setattr(checkpoint, "_read_pickled", meeting_first(checkpoint._read_pickled))
+    assert read_weights(path).kind == "unetr checkpoint"
+
+    def damaged(path):
+        raise CheckpointError(f"{path}: corrupted")
+
+    monkeypatch.setattr(checkpoint, "_check_archive", meeting_first(damaged))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        read_weights(path)

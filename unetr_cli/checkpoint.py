@@ -18,6 +18,7 @@ import os
 import pickle
 import struct
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,13 @@ def read_weights(path: str | Path, trust_torchscript: bool = False) -> LoadedWei
     """Read model weights from any accepted format (see the module docstring)."""
     path = Path(path)
     kind = detect_format(path)
-    if kind in ("torch", "torchscript"):
-        _check_archive(path)
     if kind == "safetensors":
         weights = _read_safetensors(path)
     elif kind == "torchscript":
+        _check_archive(path)
         weights = _read_torchscript(path, trust_torchscript)
     else:
-        weights = _read_pickled(path)
+        weights = _read_checked(path)
     weights.source = str(path)
     if weights.settings is not None and not isinstance(weights.settings, dict):
         raise CheckpointError(f"{path}: its stored settings are not a table of settings groups")
@@ -152,6 +152,21 @@ def _check_archive(path: Path) -> None:
             f"{path}: corrupted: {damaged} does not match its stored checksum (a damaged copy? download or "
             "copy it again)"
         )
+
+
+def _read_checked(path: Path) -> LoadedWeights:
+    """A torch.save file read while a helper thread checks its archive's checksums (zlib computes them outside
+    the interpreter lock, so the two overlap); a damaged archive is refused as such, whatever the read made of
+    it. Reading first is safe: the read is weights-only."""
+    with ThreadPoolExecutor(1, thread_name_prefix="unetr-checksums") as pool:
+        checked = pool.submit(_check_archive, path)
+        try:
+            weights = _read_pickled(path)
+        except CheckpointError:
+            checked.result()  # the checksums name the damage better than the read does
+            raise
+        checked.result()
+    return weights
 
 
 def _read_pickled(path: Path) -> LoadedWeights:
