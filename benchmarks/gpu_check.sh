@@ -8,7 +8,8 @@
 # benchmarks/results/gpu_*.json. PYTHON picks the interpreter (default python3).
 #
 # PARTS names the parts and their order (default "tests bench"): `gpu-tests`, `cpu-suite`, `tests` (both side
-# by side), `predict`, `train`, `step`, `bench` (the three). BUDGET_S (default 570) bounds the whole call:
+# by side), `predict`, `train`, `step`, `bench` (the three), `trace` (traced single invocations of predict,
+# see `trace_runs`). BUDGET_S (default 570) bounds the whole call:
 # each part gets its own limit (GPU_TESTS_S, CPU_SUITE_S, PREDICT_BENCH_S, TRAIN_BENCH_S, STEP_BENCH_S) or what is
 # left of the budget, whichever is less, and a part with under a minute left is skipped and said so. So one
 # part that hangs does not cost the others, and a device call ends with its summary. With a short lease, put
@@ -87,6 +88,24 @@ benchmark() {  # NAME SCRIPT OWN_LIMIT [ARGUMENTS...]
   find benchmarks/results -name 'gpu_*.json' -newer "$out/.began" -exec cp {} "$out/" \;
 }
 
+# One `unetr predict` of the 512x512x200 benchmark scan, traced TRACE_RUNS times (default 3): which thread ran
+# what and when (trace_predict.py), into $out/trace_N.json and .txt. TRACE_DEVICE (default cuda) for a dry run.
+trace_runs() {
+  local runs=${TRACE_RUNS:-3} inputs scan checkpoint
+  stamp "traces of $runs single invocations"
+  inputs=$(timeout "$(limit 120)" $py -c "import sys; sys.path.insert(0, 'benchmarks')
+from common import benchmark_scan, standard_checkpoint; print(benchmark_scan(200), standard_checkpoint())") \
+    || { stamp "trace skipped: no benchmark scan or checkpoint"; return; }
+  read -r scan checkpoint <<< "$inputs"
+  for run in $(seq "$runs"); do
+    T0=$(date +%s.%N) timeout -k 5 "$(limit 90)" $py benchmarks/trace_predict.py "$out/trace_$run.json" predict \
+      "$scan" -o /tmp/unetr-trace.nii.gz --checkpoint "$checkpoint" --device "${TRACE_DEVICE:-cuda}" \
+      --overwrite -q 2> "$out/trace_$run.txt"
+    stamp "trace $run exit $?"
+  done
+  tail -45 "$out/trace_$runs.txt"
+}
+
 for part in ${PARTS:-tests bench}; do
   case $part in
     tests) can_start tests && { start_cpu_suite; gpu_tests; finish_cpu_suite; } ;;
@@ -95,11 +114,12 @@ for part in ${PARTS:-tests bench}; do
     predict) can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" "${predict_args[@]}" ;;
     train) can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" "${train_args[@]}" ;;
     step) can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
+    trace) can_start trace && trace_runs ;;
     bench)
       can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" "${predict_args[@]}"
       can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" "${train_args[@]}"
       can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
-    *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, step, bench)" ;;
+    *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, step, trace, bench)" ;;
   esac
 done
 

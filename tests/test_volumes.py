@@ -104,3 +104,15 @@ def test_output_names_choose_the_format(trained_run, tmp_path):
         "predict", scan, "-o", tmp_path / "e.mha", "--output-format", "nrrd", "--checkpoint", checkpoint
     )
     assert clash.exit_code == 2 and "the name asks for mha, --output-format for nrrd" in clash.stderr
+
+
+@pytest.mark.parametrize("shape", [(150, 70, 9), (3, 200, 2)])
+def test_volumes_are_reordered_for_nifti_block_by_block(shape):
+    """A C-ordered volume comes back in Fortran order with every voxel in place, whatever its size against the
+    blocks; a Fortran-ordered one is handed on as it is."""
+    from unetr_cli.volumes import fortran_ordered
+
+    volume = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 251
+    ordered = fortran_ordered(volume)
+    assert ordered.flags.f_contiguous and np.array_equal(ordered, volume)
+    assert fortran_ordered(ordered) is ordered

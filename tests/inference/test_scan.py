@@ -170,3 +170,14 @@ def test_the_warm_up_runs_every_device_stage_on_a_blank_scan():
     segmenter.blank_windows()
     size = settings.model.img_size
     assert windows == [(segmenter.sw_batch_size, 1, size, size, size)]
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_a_scan_crosses_to_the_device_in_c_order_with_its_voxels_in_place(order):
+    """As nibabel decodes it (Fortran order) or any other way; here the device is the CPU."""
+    from unetr_cli.inference.scan import _to_device
+
+    voxels = np.random.default_rng(0).integers(-1000, 2000, (70, 50, 30)).astype(np.int16, order=order)
+    moved = _to_device(voxels, torch.device("cpu"))
+    assert moved.is_contiguous() and moved.dtype == torch.int16
+    assert np.array_equal(moved.numpy(), voxels)
