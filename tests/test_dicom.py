@@ -14,14 +14,8 @@ import pydicom
 import pytest
 
 from tests.conftest import invoke, write_scan
-from unetr_cli.dicom import (
-    DicomSeries,
-    find_series,
-    read_segmentation,
-    read_series,
-    reading_order,
-    write_ct_series,
-)
+from unetr_cli.dicom import DicomSeries, find_series, read_segmentation, read_series
+from unetr_cli.phantoms.dicom_series import reading_order, write_ct_series
 from unetr_cli.phantoms import make_phantom
 
 SHAPE = (64, 56, 20)
@@ -33,6 +27,12 @@ def _predict(checkpoint: Path, *args):
 
 def _labels(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(path).dataobj)
+
+
+def _shifted(slices: int) -> np.ndarray:
+    shift = np.eye(4)
+    shift[2, 3] = slices
+    return shift
 
 
 def _tilted(affine: np.ndarray, degrees: float) -> np.ndarray:
@@ -122,7 +122,11 @@ def test_dicom_seg_references_the_series_and_reads_back_voxel_exact(trained_run,
     assert _predict(checkpoint, tmp_path / "ct", "-o", tmp_path / "seg.nii.gz", "-q").exit_code == 0
     series = find_series(tmp_path / "ct")[0][0]
     volume = read_series(series, headers_only=True)
-    assert np.array_equal(read_segmentation(out, volume), _labels(tmp_path / "seg.nii.gz"))
+    labels, affine, notes = read_segmentation(out)
+    expected = nib.load(tmp_path / "seg.nii.gz")
+    first, last = np.flatnonzero(np.asanyarray(expected.dataobj).any(axis=(0, 1)))[[0, -1]]
+    assert np.array_equal(labels, _labels(tmp_path / "seg.nii.gz")[:, :, first : last + 1]) and not notes
+    assert np.allclose(affine, expected.affine @ _shifted(first), atol=1e-4)  # frames' extent on its grid
     segmentation = hd.seg.segread(out)
     source = volume.slices[0]
     assert segmentation.StudyInstanceUID == source.StudyInstanceUID

@@ -93,13 +93,14 @@ def failure_message(err: BaseException, path: str | Path) -> str:
     if isinstance(err, MemoryError):
         return f"{path}: not enough memory"
     if type(err).__name__ == "OutOfMemoryError":  # torch's, for a GPU
-        return f"{path}: out of GPU memory ({_first_line(err)})"
+        return f"{path}: out of GPU memory ({first_line(err)})"
     if isinstance(err, RuntimeError) and "CUDA" in str(err):
-        return f"{path}: {_first_line(err)}"
+        return f"{path}: {first_line(err)}"
     hint = "run `unetr --debug ...` for the traceback"
-    return f"{path}: unexpected {type(err).__name__}: {_first_line(err)} ({hint})"
+    return f"{path}: unexpected {type(err).__name__}: {first_line(err)} ({hint})"
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from unetr_cli.compression import write_gzip
-from unetr_cli.errors import InputError, OutputExistsError
+from unetr_cli.errors import InputError, OutputExistsError, first_line
 from unetr_cli.files import atomic_output
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -42,7 +42,7 @@ class VolumeInfo:
     orientation: str
     affine: np.ndarray
     dtype: str
-    kind: str = "nifti"  # nifti, nrrd, metaimage or dicom
+    kind: str = "nifti"  # nifti, nrrd, metaimage, dicom (a series) or dicom-seg
 
     @property
     def voxel_ml(self) -> float:
@@ -68,7 +68,8 @@ def output_format(path: Path) -> str | None:
 
 
 def file_kind(path: Path) -> str:
-    """nifti, nrrd, metaimage, dicom, zip or unknown, from the first bytes of the file."""
+    """nifti, nrrd, metaimage, dicom (an image), dicom-seg, zip or unknown, from the file's first bytes (a
+    DICOM file's SOP class for DICOM-SEG)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(352)
@@ -86,7 +87,9 @@ def file_kind(path: Path) -> str:
     if head.startswith(b"NRRD"):
         return "nrrd"
     if head[128:132] == b"DICM":
-        return "dicom"
+        from unetr_cli.dicom import is_segmentation
+
+        return "dicom-seg" if is_segmentation(path) else "dicom"
     if head.startswith(b"PK\x03\x04"):
         return "zip"
     if b"ObjectType" in head[:256] or head.lstrip().startswith(b"NDims"):
@@ -104,7 +107,7 @@ def available_memory_bytes() -> int:
 def read_info(source):
     """Read the header of a scan (a file path, or a `dicom.DicomSeries`) and check it describes a usable 3D
     scan; returns (the format's header object, VolumeInfo): a nibabel image, a `dicom.SeriesVolume` without
-    pixels, or None (NRRD, MetaImage).
+    pixels, a `SegmentationFile` (a DICOM-SEG, read whole: it is small), or None (NRRD, MetaImage).
 
     Raises:
         InputError: missing file, not a scan file, not 3D (a 4th axis of length 1 is accepted), an empty
@@ -114,9 +117,7 @@ def read_info(source):
 
     if isinstance(source, DicomSeries):
         volume = read_series(source, headers_only=True)
-        first = volume.slices[0]
-        shape = (int(first.Columns), int(first.Rows), len(volume.slices))
-        return volume, checked_header(source.folder, shape, volume.affine, "int16", "dicom")
+        return volume, checked_header(source.folder, volume.shape, volume.affine, "int16", "dicom")
     path = Path(source)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -127,6 +128,11 @@ def read_info(source):
         return _nifti_info(path)
     if kind in ("nrrd", "metaimage"):
         return None, _itk_info(path, kind)
+    if kind == "dicom-seg":
+        segmentation = SegmentationFile.read(path)
+        return segmentation, checked_header(
+            path, segmentation.labels.shape, segmentation.affine, "uint8", "dicom-seg"
+        )
     if kind == "dicom":
         raise InputError(path, "is one DICOM slice: name the folder (or .zip) of its series")
     if is_nifti(path):
@@ -136,13 +142,28 @@ def read_info(source):
     )
 
 
+@dataclass
+class SegmentationFile:
+    """A DICOM-SEG read as a label map: BTCV ids over the extent of its frames, and what to say about it."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    notes: list[str]
+
+    @classmethod
+    def read(cls, path: Path) -> SegmentationFile:
+        from unetr_cli.dicom import read_segmentation
+
+        return cls(*read_segmentation(path))
+
+
 def _nifti_info(path: Path):
     import nibabel as nib
 
     try:
         img = nib.load(str(path)) if is_nifti(path) else _nifti_from_bytes(_raw_bytes(path))
     except Exception as err:  # nibabel raises several types for bad files
-        raise InputError(path, f"not a readable NIfTI file ({_short(err)})") from None
+        raise InputError(path, f"not a readable NIfTI file ({first_line(err)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI file ({type(img).__name__})")
     return img, checked_header(
@@ -158,7 +179,7 @@ def _itk_info(path: Path, kind: str) -> VolumeInfo:
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise InputError(path, f"not a readable {kind.upper()} file ({_short(err)})") from None
+        raise InputError(path, f"not a readable {kind.upper()} file ({first_line(err)})") from None
     if reader.GetNumberOfComponents() != 1:
         raise InputError(
             path, f"expected a scalar 3D scan, got {reader.GetNumberOfComponents()} components per voxel"
@@ -223,7 +244,8 @@ def load_volume(source, dtype=np.float32) -> tuple[np.ndarray, VolumeInfo]:
 
 def load_scan(source, dtype=np.float32):
     """`load_volume`, plus the format's header object (a nibabel image, a `dicom.SeriesVolume` with the
-    slices' headers, or None): what an output in the input's own format is written from.
+    slices' headers, a `SegmentationFile`, or None): what an output in the input's own format is written
+    from.
 
     A `.nii.gz` file is decompressed in one pass to its end, so a truncated or corrupted stream fails its
     length or CRC check here instead of yielding silently wrong voxels.
@@ -237,7 +259,12 @@ def load_scan(source, dtype=np.float32):
         header.image = None  # the voxels travel once, as `data`
     else:
         header, info = read_info(source)
-        data = _nifti_voxels(header, info) if info.kind == "nifti" else _itk_voxels(info)
+        if info.kind == "nifti":
+            data = _nifti_voxels(header, info)
+        elif info.kind == "dicom-seg":
+            data = header.labels
+        else:
+            data = _itk_voxels(info)
     data = data.astype(dtype, copy=False) if dtype is not None else data
     data = data.reshape(info.shape)
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
@@ -256,7 +283,7 @@ def scan_source(path: str | Path):
         found, unreadable = find_series(path)
         if unreadable:
             raise unreadable[0]
-        series = [s for s in found if s.modality == "CT"]
+        series = [s for s in found if s.is_ct]
         if len(series) != 1:
             listing = "; ".join(s.summary() for s in found)
             raise InputError(path, f"holds {len(series)} CT series, expected one ({listing})")
@@ -271,7 +298,7 @@ def _nifti_voxels(img, info: VolumeInfo) -> np.ndarray:
             img = _nifti_from_bytes(_raw_bytes(info.path))
         return np.asanyarray(img.dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as err:
-        raise InputError(info.path, f"truncated or corrupted data ({_short(err)})") from None
+        raise InputError(info.path, f"truncated or corrupted data ({first_line(err)})") from None
 
 
 def _is_gzip(path: Path) -> bool:
@@ -298,7 +325,7 @@ def _itk_voxels(info: VolumeInfo) -> np.ndarray:
     try:
         image = sitk.ReadImage(str(info.path))
     except RuntimeError as err:
-        raise InputError(info.path, f"truncated or corrupted data ({_short(err)})") from None
+        raise InputError(info.path, f"truncated or corrupted data ({first_line(err)})") from None
     return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))  # ITK is (z, y, x)
 
 
@@ -413,11 +440,6 @@ def save_segmentation_nrrd(
             f"Segment{index}_Tags": "",
         }
     return save_itk(labels.astype(np.uint8), affine, path, metadata, overwrite)
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def check_resampled_size(info: VolumeInfo, spacing, channels: int) -> None:

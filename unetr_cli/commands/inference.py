@@ -59,6 +59,15 @@ def predict(
             rich_help_panel="Checks",
         ),
     ] = False,
+    allow_non_ct: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-ct",
+            help="Segment scans that are not CT in Hounsfield units (another modality, no air near -1000) "
+            "instead of refusing them.",
+            rich_help_panel="Checks",
+        ),
+    ] = False,
     keep_largest: opt.KeepLargest = None,
     min_size: opt.MinSize = None,
     preview: Annotated[
@@ -121,14 +130,14 @@ def predict(
         choose_format,
         expand_inputs,
         plan_outputs,
-        unreadable_formats,
+        preflight,
     )
 
-    scans, skipped, unreadable = expand_inputs(inputs, series)
-    refused = unreadable | unreadable_formats(scans)
+    scans, skipped, unreadable = expand_inputs(inputs, series, allow_non_ct)
+    refused = unreadable | preflight(scans, allow_non_ct)
     scans = [s for s in scans if s not in refused]
     if not scans:
-        raise UsageError("\n".join(refused.values()))
+        raise UsageError("\n".join([*skipped, *refused.values()]))
     fmt = choose_format(output, output_format, scans)
     targets = plan_outputs(scans, output, fmt)
     options = PredictOptions(
@@ -136,6 +145,7 @@ def predict(
         preview=preview,
         strict_orientation=strict_orientation,
         fail_on_flags=fail_on_flags,
+        allow_non_ct=allow_non_ct,
         overwrite=overwrite,
         skip_existing=skip_existing,
         output_format=fmt,

@@ -6,6 +6,7 @@ One failing case is reported and skipped; the summary at the end says which fail
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,6 +17,7 @@ import torch
 
 from unetr_cli.console import Reporter, debugging
 from unetr_cli.errors import InputError, OutputExistsError, failure_message
+from unetr_cli.hounsfield import refusal, value_problem
 from unetr_cli.inference.plausibility import (
     ScanReport,
     assess,
@@ -36,12 +38,14 @@ from unetr_cli.volumes import save_itk, save_nifti, save_segmentation_nrrd
 class PredictOptions:
     """What to write besides the label maps, what to do with existing outputs, and which doubts about a
     scan fail it: `strict_orientation` refuses a scan whose orientation looks wrong (nothing is written),
-    `fail_on_flags` counts a flagged scan as failed (its outputs are written)."""
+    `fail_on_flags` counts a flagged scan as failed (its outputs are written); `allow_non_ct` segments scans
+    whose voxels are not Hounsfield units."""
 
     report: bool = False
     preview: bool = False
     strict_orientation: bool = False
     fail_on_flags: bool = False
+    allow_non_ct: bool = False
     overwrite: bool = False
     skip_existing: bool = False
     output_format: str = "nifti"
@@ -79,14 +83,17 @@ def predict_batch(
     """Segment every input into its output with the segmenter `load_segmenter` builds on `device`; a failure
     is reported and the batch goes on.
 
-    The first scan is decoded and its orientation checked in a helper thread while the model is built (not
-    at all when every output exists already). On a GPU, `load_segmenter` warms up the stages that need no
-    model meanwhile (`scan.warm_up_stages`), and the model then runs blank windows while the first scan is
-    preprocessed (`scan.warm_up`). Decoding and checking the next scan and writing the last one's outputs also
-    run in the two helper threads on a GPU, while it works on the current scan (zlib and numpy, the bulk of
-    them, run outside the interpreter lock). On the CPU those steps run one after another, as the cores are
-    all busy with the model.
+    The model is built only once a scan has been decoded and has passed the checks that need no model
+    (so a batch of scans that are all refused never loads it); on a GPU the CUDA context starts meanwhile
+    (`devices.warming_up`), and `load_segmenter` warms up the stages that need no model while it builds
+    (`scan.warm_up_stages`). The model then runs blank windows while that scan is preprocessed
+    (`scan.warm_up`). Decoding and checking the next scan and writing the last one's outputs run in the two
+    helper threads on a GPU, while it works on the current scan (zlib and numpy, the bulk of them, run
+    outside the interpreter lock). On the CPU those steps run one after another, as the cores are all busy
+    with the model.
     """
+    from unetr_cli.devices import warming_up
+
     result = BatchResult()
     todo = []
     for source, target in zip(inputs, outputs, strict=True):
@@ -97,16 +104,14 @@ def predict_batch(
     if not todo:
         return result
     overlap = device.type == "cuda"
+    segmenter: Segmenter | None = None
     with (
         ThreadPoolExecutor(1, "unetr-read") as reader,
         ThreadPoolExecutor(1, "unetr-write") as writer,
     ):
-        upcoming = reader.submit(_read, todo[0][0])
-        segmenter = load_segmenter()
-        warm_up(segmenter)
+        upcoming = reader.submit(_read, todo[0][0], options)
         read = reader.submit if overlap else _now
         write = writer.submit if overlap else _now
-        classes = segmenter.settings.model.out_channels
         with reporter.progress() as bars:
             task = (
                 bars.add_task("scans", total=len(inputs), completed=len(result.skipped), status="")
@@ -126,9 +131,13 @@ def predict_batch(
             for index, (source, target) in enumerate(todo):
                 reading, started, stages = upcoming, time.monotonic(), StageTimes(device)
                 if index + 1 < len(todo):
-                    upcoming = read(_read, todo[index + 1][0])
+                    upcoming = read(_read, todo[index + 1][0], options)
                 try:
-                    decoded = reading.result()
+                    with warming_up(device) if segmenter is None else contextlib.nullcontext():
+                        decoded = reading.result()
+                    if segmenter is None:
+                        segmenter = load_segmenter()
+                        warm_up(segmenter)
                     stages.update(decoded.seconds)
                     scan = decoded.scan
                     made = _segment(decoded, segmenter, options, reporter, stages)
@@ -136,11 +145,13 @@ def predict_batch(
                     _record_failure(result, reporter, source, err)
                     advance(source)
                 else:
+                    classes = segmenter.settings.model.out_channels
                     written = write(_write_outputs, scan, made, target, options, classes)
                     writes.append(_Writing(source, target, started, stages, written))
-                for note in segmenter.notes:
+                for note in segmenter.notes if segmenter is not None else []:
                     reporter.warn(note)
-                segmenter.notes.clear()
+                if segmenter is not None:
+                    segmenter.notes.clear()
                 while writes and (writes[0].written.done() or len(writes) > MAX_PENDING_WRITES):
                     finish(writes.pop(0))
             for pending in writes:
@@ -183,12 +194,16 @@ class _Decoded:
     seconds: dict[str, float]
 
 
-def _read(source) -> _Decoded:
-    """Decode a scan and check its orientation (on a GPU in the reader thread, beside the GPU's work)."""
+def _read(source, options: PredictOptions) -> _Decoded:
+    """Decode a scan, check that its voxels are Hounsfield units (unless `options.allow_non_ct`) and check
+    its orientation (on a GPU in the reader thread, beside the GPU's work)."""
     started = time.perf_counter()
     if isinstance(source, Path) and not source.exists():
         raise InputError(source, "file not found")
     scan = read_scan(source)
+    problem = None if options.allow_non_ct else value_problem(scan.image)
+    if problem is not None:
+        raise InputError(scan.path, refusal(problem))
     decoded = time.perf_counter()
     body = find_body(scan.image, scan.affine)
     problems = orientation_before_inference(body)
@@ -236,7 +251,8 @@ def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions
     """The sidecars first and the label map last: a label map on disk means its unit is complete. A new
     output is created only if no other process made it meanwhile; an existing one is replaced only when the
     user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing). Returns the
-    plausibility report when one was asked for, and the seconds writing took."""
+    plausibility report when one was asked for, the seconds writing took, and what to tell the user about
+    the label map written (what a DICOM-SEG's series lacked)."""
     started = time.perf_counter()
     replace = options.overwrite or target.exists()
     provenance = {"source": str(scan.path), **options.provenance}
@@ -250,37 +266,54 @@ def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions
         write_report(output_stem(target), report, str(scan.path))
     if options.preview:
         write_preview(target, scan.image, made.labels, scan.affine, classes, title=scan.path.name)
-    save_label_map(made.labels, scan, target, options.output_format, classes, options.provenance, replace)
-    return report, time.perf_counter() - started
+    notes = save_label_map(
+        made.labels, scan, target, options.output_format, classes, options.provenance, replace
+    )
+    return report, time.perf_counter() - started, notes
 
 
-def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict, replace: bool):
-    """Write the label map in `fmt` on the scan's grid (NIfTI keeps a NIfTI input's qform/sform codes)."""
+def save_label_map(
+    labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict, replace: bool
+) -> list[str]:
+    """Write the label map in `fmt` on the scan's grid (NIfTI keeps a NIfTI input's qform/sform codes).
+    Returns what to tell the user about it: for DICOM-SEG, the UIDs generated and the patient and study
+    attributes left empty because the series lacks them."""
+    if fmt == "dicom-seg":
+        from unetr_cli.dicom import write_segmentation
+
+        if not replace and target.exists():
+            raise OutputExistsError(target)
+        missing = write_segmentation(labels, scan.header, target, classes, provenance)
+        if not missing:
+            return []
+        line = (
+            f"{scan.path}: the series lacks {', '.join(missing)}: its DICOM-SEG {target.name} carries "
+            "stand-ins (generated UIDs, empty Type 2 values)"
+        )
+        if any(m.endswith("UID") for m in missing):
+            line += "; with generated UIDs a PACS files it beside the series, not with it"
+        return [line]
     if fmt == "nifti":
         like = scan.header if scan.info.kind == "nifti" else None
         save_nifti(labels, scan.affine, target, like=like, overwrite=replace)
     elif fmt == "seg-nrrd":
         save_segmentation_nrrd(labels, scan.affine, target, classes, overwrite=replace)
-    elif fmt == "dicom-seg":
-        from unetr_cli.dicom import write_segmentation
-
-        if replace or not target.exists():
-            write_segmentation(labels, scan.header, target, classes, provenance)
-        else:
-            raise OutputExistsError(target)
     else:
         save_itk(labels, scan.affine, target, overwrite=replace)
+    return []
 
 
 def _finish_write(result: BatchResult, reporter: Reporter, pending: _Writing, options: PredictOptions):
     source, target, stages = pending.source, pending.target, pending.stages
     try:
         report: ScanReport | None
-        report, stages["write"] = pending.written.result()
+        report, stages["write"], notes = pending.written.result()
     except Exception as err:
         _record_failure(result, reporter, source, err, target)
         return
     result.written.append(target)
+    for note in notes:
+        reporter.warn(note)
     seconds = time.monotonic() - pending.started
     reporter.info(f"{source} -> {target} ({seconds:.1f} s)")
     reporter.event(

@@ -17,11 +17,19 @@ if TYPE_CHECKING:
     from unetr_cli.inference.batch import PredictOptions
 
 
-def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[list, list[str], dict]:
+def expand_inputs(
+    inputs: list[str], series_uid: str | None = None, allow_non_ct: bool = False
+) -> tuple[list, list[str], dict]:
     """The scans named by files, folders and glob patterns, in order, without duplicates: NIfTI, NRRD and
     MetaImage files (a folder's own), and the CT series of DICOM files (in a folder, searched recursively, or
-    a .zip). Returns the scans (paths and `dicom.DicomSeries`), one line per series skipped (not CT), and the
-    DICOM files that could not be read, each with its message (failures of the batch)."""
+    a .zip; other modalities too with `allow_non_ct`). Returns the scans (paths and `dicom.DicomSeries`), one
+    line per series skipped (another modality, localizers, secondary captures, reports...) or trimmed of
+    duplicate files, and the DICOM files that could not be read, each with its message (failures of the
+    batch).
+
+    Raises:
+        UsageError: nothing to segment (the lines above say why).
+    """
     from unetr_cli.dicom import DicomSeries, choose_series, find_series, is_dicom_file
 
     found: list = []
@@ -54,42 +62,59 @@ def expand_inputs(inputs: list[str], series_uid: str | None = None) -> tuple[lis
             elif match.is_file() and file_kind(match) == "zip":
                 found += dicom_series(match)
             else:
-                found.append(match)  # a missing or unreadable file is reported per case
+                found.append(match)  # a missing or unreadable file is refused before the model loads
     series = [s for s in found if isinstance(s, DicomSeries)]
-    skipped = [f"skipped {s.summary()}: not CT" for s in series if s.modality != "CT"]
-    chosen = {id(s) for s in choose_series([s for s in series if s.modality == "CT"], series_uid)}
+    chosen = choose_series(series, series_uid)
+    skipped = [line for s in chosen if (line := s.skip_line(allow_non_ct))]
+    if series_uid is not None and skipped:
+        raise UsageError(skipped[0])
+    notes = [
+        f"{s}: {s.duplicates} file(s) left out: the same image (SOPInstanceUID) as another file"
+        for s in chosen
+        if s.duplicates
+    ]
+    kept = {id(s) for s in chosen if s.skip_line(allow_non_ct) is None}
     scans, seen = [], set()
     for source in found:
         if isinstance(source, DicomSeries):
-            key, keep = source.uid, id(source) in chosen
+            key, keep = source.uid, id(source) in kept
         else:
             key, keep = source, series_uid is None
         if keep and key not in seen:
             seen.add(key)
             scans.append(source)
     if not scans:
+        reasons = list(unreadable.values()) + skipped
         raise UsageError(
-            "\n".join(unreadable.values())
-            or "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
+            "\n".join([*reasons, "nothing to segment: every DICOM series found was skipped or unreadable"])
+            if reasons
+            else "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
             "folder or .zip) or a glob pattern"
         )
-    return scans, skipped, unreadable
+    return scans, skipped + notes, unreadable
 
 
-def unreadable_formats(scans: list) -> dict:
-    """The named files that are no scan format unetr reads (by their content), each with its one line: found
-    before the model loads; the batch segments the rest."""
+def preflight(scans: list, allow_non_ct: bool = False) -> dict:
+    """The scans refused by what needs no model, each with its one line: every header read and checked
+    (a format unetr reads, 3D, geometry, a DICOM series' slices: one slice, gaps, uneven spacing) and,
+    unless `allow_non_ct`, what the header says against CT in Hounsfield units. Runs before the model loads;
+    the batch segments the rest (the decoded voxels get their own look, `hounsfield.value_problem`)."""
+    from unetr_cli.errors import InputError
+    from unetr_cli.hounsfield import header_problem, refusal
+    from unetr_cli.volumes import read_info
+
     refused = {}
     for source in scans:
-        kind = file_kind(source) if isinstance(source, Path) and source.is_file() else None
-        if kind == "dicom":
-            refused[source] = f"{source}: is one DICOM slice: name the folder (or .zip) of its series"
-        elif kind is not None and kind not in ("nifti", "nrrd", "metaimage"):
-            refused[source] = (
-                f"{source}: not a readable NIfTI file (damaged, or not NIfTI despite its name)"
-                if scan_suffix(source) in (".nii", ".nii.gz")
-                else f"{source}: not a scan file: expected NIfTI, NRRD, MetaImage or a DICOM series"
-            )
+        try:
+            header, info = read_info(source)
+        except InputError as err:
+            refused[source] = str(err)
+            continue
+        problem = None if allow_non_ct else header_problem(info, header)
+        if problem is not None:
+            refused[source] = f"{info.path}: {refusal(problem)}"
+        elif info.kind == "dicom-seg":
+            refused[source] = f"{info.path}: is a DICOM-SEG (a label map), not a scan"
     return refused
 
 

@@ -254,7 +254,7 @@ def _write_case(job) -> dict:
     entry = {"image": image, "label": f"labelsTr/label{index:04d}.nii.gz"}
     label, affine = phantom.label, phantom.affine
     if image_format == "dicom":
-        from unetr_cli.dicom import reading_order, write_ct_series
+        from unetr_cli.phantoms.dicom_series import reading_order, write_ct_series
 
         write_ct_series(phantom.image, phantom.affine, out_dir / image, description=f"phantom {index}")
         label, affine = reading_order(phantom.label, phantom.affine)  # the grid DICOM readers rebuild

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from unetr_cli.errors import first_line
+
 
 class GraphedTraining:
     """The model's training forward (called under the step's autocast), through a CUDA graph recorded at the
@@ -46,14 +48,10 @@ class GraphedTraining:
             self.graphed, self.shape = self.model.forward, image.shape
         except Exception as error:  # a model or op that cannot be recorded: eager steps, as without graphs
             self.failed = True
-            reason = _first_line(error)
+            reason = first_line(error)
             self.on_failure(f"CUDA graphs could not record the training step ({reason}): eager steps")
         finally:
             self.model.__dict__.pop("forward", None)  # the model's own forward again, for everything else
             with torch.no_grad():
                 for name, buffer in self.model.named_buffers():
                     buffer.copy_(buffers[name])
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
