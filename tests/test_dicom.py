@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import invoke, write_scan
 from unetr_cli.dicom import DicomSeries, find_series, read_segmentation, read_series
-from unetr_cli.phantoms.dicom_series import reading_order, write_ct_series
 from unetr_cli.phantoms import make_phantom
+from unetr_cli.phantoms.dicom_series import reading_order, write_ct_series
 
 SHAPE = (64, 56, 20)
 

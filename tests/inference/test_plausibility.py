@@ -58,7 +58,11 @@ def test_left_right_flipped_header_flags_lateral_organs_and_orientation(phantom,
     scan, seg = save_pair(tmp_path, phantom.image, phantom.label, mirrored(phantom.affine, 0))
     result = invoke("report", str(seg), "--scan", str(scan), "--fail-on-flags")
     assert result.exit_code == 1, result.output
-    assert "left/right looks reversed: the liver and spleen lie on the wrong side" in result.output
+    line = " ".join(result.output.split())
+    assert (
+        "left/right looks reversed: 87% of the liver lies left of the midline (its centre 47 mm left)" in line
+    )
+    assert "100% of the spleen lies right of the midline" in line and "the labels or the header" in line
     stats = json.loads((tmp_path / "ct_seg_stats.json").read_text())
     flagged = {row["organ"]: row for row in stats["organs"] if "lateral" in row["flags"]}
     assert {
@@ -78,7 +82,10 @@ def test_left_right_flipped_header_flags_lateral_organs_and_orientation(phantom,
 
 @pytest.mark.parametrize(
     ("axis", "message"),
-    [(1, "front/back looks reversed: the spine lies"), (2, "up/down looks reversed: the liver lies below")],
+    [
+        (1, "front/back looks reversed: the spine lies"),
+        (2, "up/down looks reversed: the liver's centre lies 58 mm below the kidneys'"),
+    ],
 )
 def test_front_back_and_up_down_flips_are_named(phantom, axis, message):
     report = assess(phantom.label, mirrored(phantom.affine, axis), 14, phantom.image)
@@ -91,7 +98,7 @@ def test_front_back_and_up_down_flips_are_named(phantom, axis, message):
     [(None, None), (0, "left/right looks reversed"), (2, "up/down looks reversed")],
 )
 def test_orientation_of_a_large_label_map_is_judged_on_a_subsample(phantom, axis, message):
-    from unetr_cli.inference.plausibility import ORIENTATION_VOXELS, find_body, orientation_after_inference
+    from unetr_cli.inference.orientation import ORIENTATION_VOXELS, find_body, orientation_after_inference
 
     def upsampled(volume):
         return np.repeat(np.repeat(np.repeat(volume, 3, axis=0), 3, axis=1), 4, axis=2)

@@ -18,14 +18,12 @@ import torch
 from unetr_cli.console import Reporter, debugging
 from unetr_cli.errors import InputError, OutputExistsError, failure_message
 from unetr_cli.hounsfield import refusal, value_problem
-from unetr_cli.inference.plausibility import (
-    ScanReport,
-    assess,
+from unetr_cli.inference.orientation import (
     find_body,
     orientation_after_inference,
     orientation_before_inference,
-    write_report,
 )
+from unetr_cli.inference.plausibility import ScanReport, assess, write_report
 from unetr_cli.inference.postprocess import PostProcessing, postprocess
 from unetr_cli.inference.reports import output_stem, write_label_sidecars, write_preview
 from unetr_cli.inference.scan import Scan, read_scan, segment_scan, warm_up

@@ -23,7 +23,7 @@ from unetr_cli.inference.postprocess import PostProcessing, postprocess
 from unetr_cli.inference.reports import output_stem
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import organ_metrics
-from unetr_cli.volumes import OUTPUT_FORMATS, load_volume, scan_source, scan_suffix
+from unetr_cli.volumes import OUTPUT_FORMATS, file_kind, load_scan, load_volume, scan_source, scan_suffix
 
 
 @dataclass
@@ -88,8 +88,8 @@ def pair_folders(pred_dir: Path, gt_dir: Path) -> tuple[list[Case], list[str], l
     for folder in (pred_dir, gt_dir):
         if not folder.is_dir():
             raise InputError(folder, "folder not found")
-    preds = sorted(p for p in pred_dir.iterdir() if scan_suffix(p) and not p.name.startswith("."))
-    truths = sorted(p for p in gt_dir.iterdir() if scan_suffix(p) and not p.name.startswith("."))
+    preds = sorted(p for p in pred_dir.iterdir() if _label_file(p))
+    truths = sorted(p for p in gt_dir.iterdir() if _label_file(p))
     cases, used = [], set()
     for truth in truths:
         match = next((p for p in preds if _key(p) == _key(truth) and p not in used), None)
@@ -104,6 +104,13 @@ def pair_folders(pred_dir: Path, gt_dir: Path) -> tuple[list[Case], list[str], l
     return cases, unpaired_pred, unpaired_truth
 
 
+def _label_file(path: Path) -> bool:
+    """A label map file in a folder: a scan format, or a DICOM-SEG (.dcm)."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    return bool(scan_suffix(path)) or (path.suffix.lower() == ".dcm" and file_kind(path) == "dicom-seg")
+
+
 def datalist_cases(entries: list[dict], pred_dir: Path | None) -> list[Case]:
     """Cases of a datalist split; with `pred_dir`, each is paired with `<image name>_seg.nii.gz` there."""
     cases = []
@@ -112,9 +119,7 @@ def datalist_cases(entries: list[dict], pred_dir: Path | None) -> list[Case]:
         if pred_dir is None:
             cases.append(Case(_key(image), truth, image=image))
             continue
-        named = [
-            pred_dir / f"{_key(image)}_seg{suffix}" for suffix in OUTPUT_FORMATS.values() if suffix != ".dcm"
-        ]
+        named = [pred_dir / f"{_key(image)}_seg{suffix}" for suffix in OUTPUT_FORMATS.values()]
         candidates = [*named, pred_dir / image.name, pred_dir / truth.name]
         found = next((c for c in candidates if c.exists()), candidates[0])
         cases.append(Case(_key(image), truth, prediction=found))
@@ -148,7 +153,7 @@ def label_map_cases(
 
 
 def _checked_labels(path: Path, num_classes: int, role: str):
-    labels, info = load_volume(scan_source(path), dtype=None)
+    labels, info, _ = load_scan(scan_source(path), dtype=None)
     if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
         raise InputError(path, f"the {role} has non-integer label values")
     ids = np.unique(labels)
@@ -161,9 +166,14 @@ def _checked_labels(path: Path, num_classes: int, role: str):
 
 
 def score_files(case: Case, num_classes: int, scoring: Scoring) -> dict:
-    """Score a prediction file against its truth on the truth's grid."""
+    """Score a prediction file against its truth on the truth's grid (a DICOM-SEG on either side, which
+    covers only its labelled slices, placed on the other's grid)."""
     pred, pred_info = _checked_labels(case.prediction, num_classes, "prediction")
     truth, truth_info = _checked_labels(case.truth, num_classes, "truth")
+    if pred_info.kind == "dicom-seg" and truth_info.kind != "dicom-seg":
+        pred, pred_info = _placed(pred, pred_info, truth_info)
+    elif truth_info.kind == "dicom-seg" and pred_info.kind != "dicom-seg":
+        truth, truth_info = _placed(truth, truth_info, pred_info)
     if pred_info.shape != truth_info.shape:
         raise InputError(
             case.prediction,
@@ -174,6 +184,15 @@ def score_files(case: Case, num_classes: int, scoring: Scoring) -> dict:
             case.prediction, f"affine differs from the truth's ({case.truth}): they are not on the same grid"
         )
     return scoring.record(case, pred, truth, truth_info.spacing, num_classes)
+
+
+def _placed(labels: np.ndarray, info, other):
+    """A DICOM-SEG's labels on the grid of the other label map, when its voxels are that grid's (else as
+    they are, for the grid check to name)."""
+    from unetr_cli.grid import on_grid
+
+    placed = on_grid(labels, info.affine, other.shape, other.affine)
+    return (labels, info) if placed is None else (placed, other)
 
 
 def score_model(case: Case, segmenter, space: str, scoring: Scoring) -> dict:

@@ -4,14 +4,19 @@ Per organ, besides voxels, volume and mean HU (`assess`), the flags:
 - `lateral`: a lateral organ mostly on the wrong side of the body's midline in patient coordinates (usually
   a wrong header or a flipped scan);
 - `cut`: the organ touches the scan's field of view, so its volume is a lower bound;
-- `volume`: outside the plausible adult range (`organ_norms`);
-- `fragments`: more than one sizeable connected component of an organ that is one piece;
+- `volume`: outside the plausible adult range (`organ_norms`); an organ at the scan's edge only when it is
+  too large, since what is in view is a lower bound;
+- `fragments`: more than one sizeable piece of an organ that is one piece; pieces joined through another
+  organ's label close by (a pancreas crossed by the splenic vein) are one piece;
 - `uncertain`: with test-time augmentation, low agreement between the flipped predictions;
-- `hu`: mean HU outside the organ's plausible range for the scan's contrast phase.
-The whole scan is checked for orientation twice: front/back from the body and spine before inference
-(`orientation_before_inference`), left/right and up/down from the predicted liver, spleen and kidneys after
-it (`orientation_after_inference`).
-What cannot be judged (no body, unknown label ids, an empty map) is said in a note, never a crash.
+- `hu`: mean HU of the organ's interior (partial volume at its surface left out) outside the organ's plausible
+  range for the scan's contrast phase; judged only when enough of the organ is in view;
+- `missing`: none of the liver, spleen, kidneys or aorta labelled where a neighbour shows that the scan
+  covers its level.
+The whole scan is checked for orientation twice (`orientation`): front/back from the body and spine before
+inference, left/right and up/down from the predicted liver, spleen and kidneys after it.
+What cannot be judged (no body, unknown label ids, an empty map, no organ to judge the orientation by) is
+said in a note, never a crash.
 """
 
 from __future__ import annotations
@@ -25,20 +30,40 @@ from pathlib import Path
 import numpy as np
 
 from unetr_cli.files import write_text
-from unetr_cli.inference.postprocess import organ_components
-from unetr_cli.labels import BTCV_LABELS, label_names
+from unetr_cli.inference.orientation import (
+    AORTA,
+    LEFT_KIDNEY,
+    LIVER,
+    RIGHT_KIDNEY,
+    SPLEEN,
+    find_body,
+    organ_orientation,
+    organ_voxels,
+    orientation_before_inference,
+    side_share,
+    to_world,
+    vessel_midline,
+)
+from unetr_cli.inference.postprocess import FULL_CONNECTIVITY, organ_components
+from unetr_cli.labels import label_names
 from unetr_cli.organ_norms import CONTRAST_AORTA_HU, NORMS, hu_range
 
-BODY_HU = -500.0  # soft tissue and fat, not air
-BONE_HU = 250.0
-SPINE_BAND_MM = 30.0  # half-width of the band around the midline searched for the spine
-SUBSAMPLE = 2  # body and spine are located on every second voxel per axis
 FRAGMENT_SHARE = 0.05  # a component counts as a fragment from 5% of the organ's volume...
 FRAGMENT_MIN_ML = 0.5  # ... and at least this size
+BRIDGE_MM = 10.0  # pieces joined through other organs' labels within this distance of the organ are one
 MIN_AGREEMENT = 0.8  # Dice between a flipped prediction and the averaged one, mean over flips
-LIVER, SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, STOMACH, AORTA, IVC = 6, 1, 2, 3, 7, 8, 9
-ORIENTATION_ORGANS = (LIVER, SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, AORTA, IVC)
-ORIENTATION_VOXELS = 2**20  # the organs' positions are judged on about this many label-map voxels at most
+INTERIOR_MIN_ML = 1.0  # mean HU is judged on an interior of at least this size
+ANCHOR_MIN_ML = 5.0  # a neighbour this large shows the scan covers its level
+GALLBLADDER, PANCREAS = 4, 11
+# Organs whose absence a neighbour makes implausible: "whole" when the neighbour must lie wholly in view
+# (its whole height covered, which overlaps the organ's in every adult), "present" when any of it will do.
+EXPECTED_BESIDE: dict[int, tuple[tuple[int, str], ...]] = {
+    LIVER: ((SPLEEN, "whole"), (RIGHT_KIDNEY, "whole"), (GALLBLADDER, "present")),
+    SPLEEN: ((LIVER, "whole"), (LEFT_KIDNEY, "whole")),
+    RIGHT_KIDNEY: ((LEFT_KIDNEY, "whole"),),
+    LEFT_KIDNEY: ((RIGHT_KIDNEY, "whole"),),
+    AORTA: tuple((label, "present") for label in (LIVER, SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY, PANCREAS)),
+}
 
 FLAG_MEANINGS = {
     "lateral": "mostly on the wrong side of the midline",
@@ -46,7 +71,8 @@ FLAG_MEANINGS = {
     "volume": "volume outside the plausible adult range",
     "fragments": "in several sizeable pieces",
     "uncertain": "flipped predictions disagree",
-    "hu": "mean HU outside the plausible range",
+    "hu": "mean HU of its interior outside the plausible range",
+    "missing": "not labelled where the scan covers its level",
 }
 
 
@@ -66,7 +92,9 @@ class OrganReport:
     largest_fragment_share: float | None = None
     agreement: float | None = None
     volume_range_ml: tuple[float, float] | None = None
+    interior_hu: float | None = None
     hu_range: tuple[float, float] | None = None
+    expected_from: str | None = None  # with `missing`: the neighbour that shows the scan covers its level
 
     def describe_flags(self) -> str:
         """`right kidney (lateral: 0% on its side; cut)`."""
@@ -78,9 +106,10 @@ class OrganReport:
             "volume": f"{self.volume_ml:g} ml, plausible {_span(self.volume_range_ml)} ml",
             "fragments": f"{self.fragments} pieces",
             "uncertain": f"agreement {self.agreement:.2f}" if self.agreement is not None else "",
-            "hu": f"{self.mean_hu:g} HU, plausible {_span(self.hu_range)}"
-            if self.mean_hu is not None
+            "hu": f"interior {self.interior_hu:g} HU, plausible {_span(self.hu_range)}"
+            if self.interior_hu is not None
             else "",
+            "missing": f"none labelled, though the {self.expected_from} shows the scan covers its level",
         }
         return f"{self.organ} ({'; '.join(f'{f}: {details[f]}' for f in self.flags)})"
 
@@ -126,61 +155,17 @@ class ScanReport:
         }
 
 
-@dataclass(frozen=True)
-class Body:
-    """Where the patient's body is, in RAS millimetres: the midline (x) and front/back centre (y)."""
-
-    midline_x: float
-    centre_y: float
-    spine_y: float | None
-
-
-def find_body(image: np.ndarray, affine: np.ndarray) -> Body | None:
-    """The body's centre from the voxels above -500 HU, and the spine's front/back position from bone near
-    the midline; None when the scan holds no body."""
-    step = (slice(None, None, SUBSAMPLE),) * 3
-    sample = image[step]
-    body = sample > BODY_HU
-    count = int(body.sum())
-    if count == 0:
-        return None
-    centre = _to_world(_mean_index(body, count)[None] * SUBSAMPLE, affine)[0]
-    midline_x, centre_y = float(centre[0]), float(centre[1])
-    bone = _to_world(np.argwhere(sample > BONE_HU) * SUBSAMPLE, affine)
-    bone = bone[np.abs(bone[:, 0] - midline_x) < SPINE_BAND_MM]
-    return Body(midline_x, centre_y, float(bone[:, 1].mean()) if len(bone) else None)
-
-
-def _mean_index(mask: np.ndarray, count: int) -> np.ndarray:
-    """The mean voxel index (3,) of a mask's `count` voxels, from its sums along each axis (no list of
-    millions of indices)."""
-    means = []
-    for axis, size in enumerate(mask.shape):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        means.append(np.dot(np.arange(size), mask.sum(axis=others, dtype=np.int64)) / count)
-    return np.array(means)
-
-
-def orientation_before_inference(body: Body | None) -> list[str]:
-    """Problems with the header's front/back that the body and spine (`find_body`) show before any model
-    runs: the spine lies behind the body's centre in every CT (nothing to say without a body or a spine)."""
-    if body is not None and body.spine_y is not None and body.spine_y > body.centre_y:
-        return [
-            f"front/back looks reversed: the spine lies {body.spine_y - body.centre_y:.0f} mm in front of "
-            "the body's centre (a wrong header or a flipped scan; the labels would be mirrored)"
-        ]
-    return []
-
-
 def assess(
     labels: np.ndarray,
     affine: np.ndarray,
     num_classes: int,
     image: np.ndarray | None = None,
     agreement: dict[int, float] | None = None,
+    edge_axes: tuple[int, ...] = (0, 1, 2),
 ) -> ScanReport:
     """The report of one label map on its scan's grid. Without `image`, mean HU and the body's midline are
-    not available (the midline then comes from the aorta and vena cava)."""
+    not available (the midline then comes from the aorta and vena cava). `edge_axes`: the grid axes whose
+    ends are the scan's edges (not those of a label map that covers only the labelled slices)."""
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     notes = []
     if labels.min() < 0:
@@ -209,8 +194,8 @@ def assess(
         notes.append(
             "no body found (no voxels above -500 HU): the midline comes from the aorta and vena cava"
         )
-    organ_voxels = _organ_voxels(labels, affine)
-    midline = body.midline_x if body is not None else _vessel_midline(organ_voxels)
+    positions = organ_voxels(labels, affine)
+    midline = body.midline_x if body is not None else vessel_midline(positions)
     if midline is None and any(counts[label] for label in NORMS if NORMS[label].side and label < len(counts)):
         notes.append("no midline (no body, aorta or vena cava): left/right not judged")
     organs = []
@@ -226,36 +211,50 @@ def assess(
             round(mean_hu[label], 1) if label in mean_hu else None,
         )
         if count and label in NORMS:
-            _judge(report, labels, affine, voxel_ml, midline, phase, agreement)
+            scene = _Scene(labels, affine, voxel_ml, image, edge_axes)
+            _judge(report, scene, midline, phase, agreement)
         organs.append(report)
-    orientation = orientation_before_inference(body) + _organ_orientation(organ_voxels, midline)
-    return ScanReport(
-        organs, phase, orientation, notes, empty=not any(o.voxels for o in organs) and not unknown
-    )
+    _flag_missing(organs, edges_known=len(edge_axes) == 3)
+    empty = not any(o.voxels for o in organs) and not unknown
+    problems, cannot = organ_orientation(positions, midline)
+    notes += [] if empty else cannot
+    return ScanReport(organs, phase, orientation_before_inference(body) + problems, notes, empty=empty)
 
 
-def _judge(report: OrganReport, labels, affine, voxel_ml, midline, phase, agreement) -> None:
+@dataclass(frozen=True)
+class _Scene:
+    """What every organ is judged on: the label map, its grid, the scan's voxels (if given) and which grid
+    axes end at the scan's edges."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    voxel_ml: float
+    image: np.ndarray | None
+    edge_axes: tuple[int, ...]
+
+
+def _judge(report: OrganReport, scene: _Scene, midline, phase, agreement) -> None:
     norm = NORMS[report.label]
-    mask = labels == report.label
+    labels = scene.labels
     if norm.side and midline is not None:
-        share = _share_on_side(mask, affine, midline, norm.side)
+        share = _share_on_side(labels == report.label, scene.affine, midline, norm.side)
         report.expected_side_share = round(share, 3)
         if share < 0.5:
             report.flags.append("lateral")
     region, ranked = organ_components(labels, report.label)  # judged organs are present
     sizes = np.bincount(ranked.ravel())[1:]
     # a speck is neither a fragment nor evidence that the organ is cut by the field of view
-    sizeable = (ranked >= 1) & (ranked <= _sizeable_count(sizes, voxel_ml))
-    if not norm.crosses_scan:
-        report.edge_voxels = _edge_voxels(sizeable, region, labels.shape)
-        if report.edge_voxels:
-            report.flags.append("cut")
+    sizeable_count = _sizeable_count(sizes, scene.voxel_ml)
+    sizeable = (ranked >= 1) & (ranked <= sizeable_count)
+    report.edge_voxels = _edge_voxels(sizeable, region, labels.shape, scene.edge_axes)
+    if report.edge_voxels and not norm.crosses_scan:
+        report.flags.append("cut")
     report.volume_range_ml = norm.volume_ml
     low, high = norm.volume_ml
-    if report.volume_ml > high or (report.volume_ml < low and "cut" not in report.flags):
-        report.flags.append("volume")
+    if report.volume_ml > high or (report.volume_ml < low and not report.edge_voxels):
+        report.flags.append("volume")  # at the edge, what is in view is a lower bound: never too small
     if norm.one_piece:
-        report.fragments = _sizeable_count(sizes, voxel_ml)
+        report.fragments = _pieces(scene, report.label, region, ranked, sizeable_count)
         report.largest_fragment_share = round(float(sizes[0] / sizes.sum()), 3)
         if report.fragments > 1:
             report.flags.append("fragments")
@@ -263,10 +262,68 @@ def _judge(report: OrganReport, labels, affine, voxel_ml, midline, phase, agreem
         report.agreement = round(agreement[report.label], 3)
         if report.agreement < MIN_AGREEMENT:
             report.flags.append("uncertain")
-    if report.mean_hu is not None:
-        report.hu_range = hu_range(report.label, phase)
-        if not report.hu_range[0] <= report.mean_hu <= report.hu_range[1]:
-            report.flags.append("hu")
+    if scene.image is not None:
+        interior = _interior_hu(scene, report.label, region)
+        report.interior_hu = None if interior is None else round(interior, 1)
+        in_view = not report.edge_voxels or report.volume_ml >= low  # not just a tip at the edge
+        if report.interior_hu is not None and in_view:
+            report.hu_range = hu_range(report.label, phase)
+            if not report.hu_range[0] <= report.interior_hu <= report.hu_range[1]:
+                report.flags.append("hu")
+
+
+def _pieces(scene: _Scene, label: int, region, ranked: np.ndarray, count: int) -> int:
+    """How many pieces an organ's `count` sizeable components make once components joined through other
+    organs' labels within BRIDGE_MM of the organ count as one (background between them keeps them apart)."""
+    if count <= 1:
+        return count
+    from scipy import ndimage
+
+    labels = scene.labels
+    margin = np.ceil(BRIDGE_MM / np.linalg.norm(scene.affine[:3, :3], axis=0)).astype(int)
+    box = tuple(
+        slice(max(0, r.start - m), min(n, r.stop + m))
+        for r, m, n in zip(region, margin, labels.shape, strict=True)
+    )
+    local = labels[box]
+    organ = local == label
+    near = ndimage.maximum_filter(organ.view(np.uint8), size=tuple(2 * margin + 1)).astype(bool)
+    joined, _ = ndimage.label(organ | (near & (local > 0)), structure=FULL_CONNECTIVITY)
+    inner = joined[
+        tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, box, strict=True))
+    ]
+    return len({int(inner[ranked == rank][0]) for rank in range(1, count + 1)})
+
+
+def _interior_hu(scene: _Scene, label: int, region) -> float | None:
+    """Mean HU of an organ one voxel in from its surface (where partial volume mixes in its neighbours);
+    None when that interior is smaller than INTERIOR_MIN_ML."""
+    from scipy import ndimage
+
+    interior = ndimage.binary_erosion(scene.labels[region] == label)
+    if interior.sum() * scene.voxel_ml < INTERIOR_MIN_ML:
+        return None
+    return float(scene.image[region][interior].mean())
+
+
+def _flag_missing(organs: list[OrganReport], edges_known: bool) -> None:
+    """Flag `missing` each organ of EXPECTED_BESIDE that has no voxel while a neighbour shows that the scan
+    covers its level: a sizeable neighbour, wholly in view where that is what it takes (which cannot be told
+    unless every edge of the grid is the scan's, `edges_known`)."""
+    by_label = {organ.label: organ for organ in organs}
+    for label, neighbours in EXPECTED_BESIDE.items():
+        organ = by_label.get(label)
+        if organ is None or organ.voxels:
+            continue
+        for neighbour, how in neighbours:
+            other = by_label.get(neighbour)
+            if other is None or other.volume_ml < ANCHOR_MIN_ML:
+                continue
+            whole = edges_known and not other.edge_voxels and other.volume_ml >= NORMS[neighbour].volume_ml[0]
+            if how == "present" or whole:
+                organ.flags.append("missing")
+                organ.expected_from = other.organ + (" (wholly in view)" if how == "whole" else "")
+                break
 
 
 def _contrast_phase(aorta_hu: float | None) -> str:
@@ -275,47 +332,9 @@ def _contrast_phase(aorta_hu: float | None) -> str:
     return "contrast" if aorta_hu >= CONTRAST_AORTA_HU else "unenhanced"
 
 
-def _to_world(voxels: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return voxels @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _organ_voxels(labels: np.ndarray, affine: np.ndarray) -> dict[int, np.ndarray]:
-    """The RAS positions (N, 3) of the voxels of each organ the orientation is judged by, found in one pass
-    over the label map of non-negative ids through a look-up table (a pass per organ, or `np.isin`, costs
-    seconds on a 512 x 512 x 200 map). A large map is looked at on every `step`-th voxel per axis (at most
-    about ORIENTATION_VOXELS voxels): where an organ lies does not need all of them."""
-    step = max(1, round((labels.size / ORIENTATION_VOXELS) ** (1 / 3)))
-    view = labels[::step, ::step, ::step]
-    wanted = np.zeros(max(int(view.max()), *ORIENTATION_ORGANS) + 1, dtype=bool)
-    wanted[list(ORIENTATION_ORGANS)] = True
-    index = np.argwhere(wanted[view])
-    values = view[tuple(index.T)]
-    index *= step
-    world = _to_world(index, affine)
-    return {label: world[values == label] for label in ORIENTATION_ORGANS}
-
-
-def _centroid(voxels: np.ndarray) -> np.ndarray | None:
-    return voxels.mean(axis=0) if len(voxels) else None
-
-
-def _vessel_midline(organs: dict[int, np.ndarray]) -> float | None:
-    """Halfway between the aorta (left of the spine) and the vena cava (right of it)."""
-    aorta, cava = _centroid(organs[AORTA]), _centroid(organs[IVC])
-    if aorta is None or cava is None:
-        return None
-    return float((aorta[0] + cava[0]) / 2)
-
-
 def _share_on_side(mask: np.ndarray, affine: np.ndarray, midline: float, side: str) -> float:
-    """The share of an organ's voxels on `side` of the midline (patient right is +x in RAS)."""
-    return _side_share(_to_world(np.argwhere(mask), affine)[:, 0], midline, side)
-
-
-def _side_share(x: np.ndarray, midline: float, side: str) -> float:
-    """The share of the RAS x positions `x` on `side` of the midline."""
-    on_right = float(np.mean(x > midline))
-    return on_right if side == "right" else 1.0 - on_right
+    """The share of an organ's voxels on `side` of the midline."""
+    return side_share(to_world(np.argwhere(mask), affine)[:, 0], midline, side)
 
 
 def _sizeable_count(sizes: np.ndarray, voxel_ml: float) -> int:
@@ -325,11 +344,13 @@ def _sizeable_count(sizes: np.ndarray, voxel_ml: float) -> int:
     return max(1, int((sizes >= threshold).sum()))
 
 
-def _edge_voxels(inside: np.ndarray, region: tuple[slice, ...], shape: tuple[int, ...]) -> int:
-    """Voxels of `inside` (a mask over the box `region` of a grid of `shape`) on any of the grid's six
-    faces."""
+def _edge_voxels(inside: np.ndarray, region: tuple[slice, ...], shape: tuple[int, ...], axes) -> int:
+    """Voxels of `inside` (a mask over the box `region` of a grid of `shape`) on the grid's faces at the ends
+    of `axes`."""
     on_face = np.zeros(inside.shape, dtype=bool)
     for axis, (span, size) in enumerate(zip(region, shape, strict=True)):
+        if axis not in axes:
+            continue
         face = [slice(None)] * inside.ndim
         if span.start == 0:
             face[axis] = 0
@@ -340,61 +361,42 @@ def _edge_voxels(inside: np.ndarray, region: tuple[slice, ...], shape: tuple[int
     return int((inside & on_face).sum())
 
 
-def orientation_after_inference(labels: np.ndarray, affine: np.ndarray, body: Body | None) -> list[str]:
-    """Problems with the header's left/right and up/down that the labelled organs show; the midline is the
-    body's (`find_body`) or, without one, the vessels'."""
-    organs = _organ_voxels(labels, affine)
-    midline = body.midline_x if body is not None else _vessel_midline(organs)
-    return _organ_orientation(organs, midline)
-
-
-def _organ_orientation(organs: dict[int, np.ndarray], midline: float | None) -> list[str]:
-    """Left/right from the liver (right) and spleen (left), up/down from the liver above the kidneys;
-    `organs` as `_organ_voxels` gives them."""
-    problems = []
-    judged = [label for label in (LIVER, SPLEEN) if len(organs[label])]
-    if midline is not None:
-        wrong = [
-            BTCV_LABELS[label]
-            for label in judged
-            if _side_share(organs[label][:, 0], midline, NORMS[label].side) < 0.5
-        ]
-        if judged and len(wrong) == len(judged):
-            problems.append(
-                f"left/right looks reversed: the {' and '.join(wrong)} lie on the wrong side of the midline "
-                "(a wrong header or a flipped scan; the labels may be mirrored)"
-            )
-    liver = _centroid(organs[LIVER])
-    kidneys = [c for c in (_centroid(organs[k]) for k in (RIGHT_KIDNEY, LEFT_KIDNEY)) if c is not None]
-    if liver is not None and kidneys and liver[2] < np.mean([k[2] for k in kidneys]):
-        problems.append(
-            "up/down looks reversed: the liver lies below the kidneys (a wrong header or a flipped scan)"
-        )
-    return problems
-
-
 def _span(bounds) -> str:
     return f"{bounds[0]:g}-{bounds[1]:g}" if bounds else "?"
 
 
 def judge_label_map(label_path: Path, scan_path: Path | None, num_classes: int) -> ScanReport:
-    """The report of a label map file (from unetr or any tool using BTCV ids) and, optionally, the scan it
-    labels, which must share its grid."""
+    """The report of a label map file (from unetr or any tool using BTCV ids; a DICOM-SEG too) and,
+    optionally, the scan it labels, which must share its grid (a DICOM-SEG, which covers only the slices it
+    labels, is placed on its scan's grid)."""
     from unetr_cli.errors import InputError
-    from unetr_cli.volumes import load_scan, load_volume, scan_source
+    from unetr_cli.grid import on_grid
+    from unetr_cli.volumes import load_scan, scan_source
 
-    labels, info = load_volume(scan_source(label_path), dtype=None)
+    labels, info, header = load_scan(scan_source(label_path), dtype=None)
     if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
         raise InputError(label_path, "has non-integer values: not a label map")
-    image = None
+    notes = list(header.notes) if info.kind == "dicom-seg" else []
+    image, edge_axes = None, (0, 1, 2)
     if scan_path is not None:
         image, scan_info, _ = load_scan(scan_source(scan_path), dtype=None)
         same_grid = scan_info.shape == info.shape and np.allclose(scan_info.affine, info.affine, atol=1e-3)
+        if not same_grid and info.kind == "dicom-seg":
+            labels = on_grid(labels, info.affine, scan_info.shape, scan_info.affine)
+            same_grid, info = labels is not None, scan_info
         if not same_grid:
             raise InputError(
                 label_path, f"is not on the grid of its scan {scan_path} (shape or affine differ)"
             )
-    return assess(labels.astype(np.int64, copy=False), info.affine, num_classes, image)
+    elif info.kind == "dicom-seg":
+        edge_axes = (0, 1)
+        notes.append(
+            "a DICOM-SEG without its scan (--scan) spans only its labelled slices: organs touching its first "
+            "or last slice are not judged as cut"
+        )
+    report = assess(labels.astype(np.int64, copy=False), info.affine, num_classes, image, edge_axes=edge_axes)
+    report.notes[:0] = notes
+    return report
 
 
 def report_paths(stem: Path) -> list[Path]:
