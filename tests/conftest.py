@@ -95,3 +95,26 @@ def write_scan(path: Path, image, affine) -> Path:
     from unetr_cli.volumes import save_nifti
 
     return save_nifti(image, affine, path)
+
+
+REALDATA = Path(__file__).parent / "fixtures" / "realdata"  # real scanners' files; see its README.md
+
+
+def dicom_errors(path: Path) -> list[str]:
+    """The errors dicom3tools' validator (dciodvfy) finds in a DICOM file: an independent check of what unetr
+    writes. Skips the test where dicom3tools is not installed (CI installs it)."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools)")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120, check=False)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def json_events(output: str) -> list[dict]:
+    """The --json events a command printed, in order."""
+    import json
+
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]

@@ -138,6 +138,8 @@ def predict(
     scans = [s for s in scans if s not in refused]
     if not scans:
         raise UsageError("\n".join([*skipped, *refused.values()]))
+    reporter = Reporter(opt.output_mode(quiet, json_output))
+    _announce(reporter, scans, skipped, refused)
     fmt = choose_format(output, output_format, scans)
     targets = plan_outputs(scans, output, fmt)
     options = PredictOptions(
@@ -161,12 +163,6 @@ def predict(
         | opt.postprocessing_flags(keep_largest, min_size),
     )
     options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
-    reporter = Reporter(opt.output_mode(quiet, json_output))
-    for scan in scans:
-        if hasattr(scan, "uid"):  # a DICOM series: say which one, as the listing of a folder would
-            reporter.info(f"found {scan.summary()}")
-    for line in skipped:
-        reporter.warn(line)
     launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint)
     processes = launch.processes(settings.inference.device)
     if processes:
@@ -196,6 +192,19 @@ def predict(
         result = predict_batch(scans, targets, load_segmenter, device, options, reporter)
     result.failed |= refused
     _summarise_batch(result, reporter)
+
+
+def _announce(reporter: Reporter, scans: list, skipped: list[str], refused: dict) -> None:
+    """Before the model loads: the DICOM series found (as a folder's listing would show them), those skipped,
+    and the scans refused by the checks that need no model (failures of the batch, named again at its end)."""
+    for scan in scans:
+        if hasattr(scan, "uid"):
+            reporter.info(f"found {scan.summary()}")
+    for line in skipped:
+        reporter.warn(line)
+    for source, problem in refused.items():
+        reporter.warn(f"skipped: {problem}")
+        reporter.event("failed", input=str(source), error=problem)
 
 
 def _report_ready(reporter: Reporter, segmenter) -> None:
