@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import invoke, write_scan
+from tests.conftest import dicom_errors, invoke, write_scan
 from unetr_cli.dicom import DicomSeries, find_series, read_segmentation, read_series
 from unetr_cli.phantoms import make_phantom
 from unetr_cli.phantoms.dicom_series import reading_order, write_ct_series
@@ -140,6 +140,7 @@ def test_dicom_seg_references_the_series_and_reads_back_voxel_exact(trained_run,
     algorithm = liver.SegmentationAlgorithmIdentificationSequence[0]
     assert "unetr" in algorithm.AlgorithmName and algorithm.AlgorithmSource == checkpoint.name
     assert json.loads((tmp_path / "seg.json").read_text())["labels"]["6"] == "liver"
+    assert dicom_errors(out) == []
 
 
 @pytest.mark.parametrize(
@@ -196,6 +197,7 @@ def test_synth_writes_dicom_phantoms_that_train(tmp_path):
     listing = json.loads((data / "dataset_0.json").read_text())
     image = data / listing["training"][0]["image"]
     assert image.is_dir() and len(list(image.glob("*.dcm"))) == 16
+    assert dicom_errors(next(image.glob("*.dcm"))) == []  # Type 2 attributes present, if empty
     [series], _ = find_series(image)
     assert isinstance(series, DicomSeries) and series.modality == "CT"
     trained = invoke(
@@ -255,3 +257,30 @@ def test_compressed_series_are_decoded(tmp_path, syntax):
         ds.save_as(path)
     voxels, _ = load_volume(find_series(tmp_path)[0][0], dtype=None)
     assert np.array_equal(voxels, phantom.image)
+
+
+def test_reports_and_presentation_states_beside_a_series_are_skipped_with_one_line(trained_run, tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = tmp_path / "study"
+    phantom = make_phantom(27, (48, 48, 16))
+    write_ct_series(phantom.image, phantom.affine, folder / "ct")
+    for name, sop_class, modality in [
+        ("dose", "1.2.840.10008.5.1.4.1.1.88.67", "SR"),  # X-Ray Radiation Dose SR
+        ("gsps", "1.2.840.10008.5.1.4.1.1.11.1", "PR"),  # Grayscale Softcopy Presentation State
+    ]:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), modality, 99
+        ds.preamble = b"\0" * 128
+        ds.save_as(folder / name, enforce_file_format=True)
+    result = _predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    errors = " ".join(result.stderr.split())
+    assert "(SR, 1 files) in " in errors and ": radiation dose report" in errors
+    assert "(PR, 1 files) in " in errors and ": presentation state" in errors
+    assert [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["ct_seg.nii.gz"]

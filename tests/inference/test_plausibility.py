@@ -278,3 +278,70 @@ def test_evaluate_scores_with_and_without_postprocessing_and_surface_dice(phanto
     header = " ".join(result.output.split())  # the table may wrap its column names
     assert "post" in header and "NSD" in header
     assert scores["postprocessing"] == "largest component per one-piece organ"
+
+
+def test_pieces_joined_through_a_neighbouring_label_are_one_organ(phantom):
+    through_vein, apart = phantom.label.copy(), phantom.label.copy()
+    for labels, between in ((through_vein, 10), (apart, 0)):
+        slab = labels[40:42]  # 8.5 mm across the pancreas
+        slab[slab == 11] = between
+    pancreas = organ(assess(through_vein, phantom.affine, 14, phantom.image), "pancreas")
+    assert pancreas.fragments == 1 and "fragments" not in pancreas.flags  # split only by the vein's label
+    pancreas = organ(assess(apart, phantom.affine, 14, phantom.image), "pancreas")
+    assert pancreas.fragments == 2 and "fragments" in pancreas.flags  # background between the pieces
+
+
+def test_an_organ_at_the_scan_edge_is_never_called_too_small(phantom):
+    bottom = (slice(None), slice(None), slice(0, 2))  # a scan that ends two slices into the aorta
+    aorta = organ(assess(phantom.label[bottom], phantom.affine, 14, phantom.image[bottom]), "aorta")
+    assert aorta.volume_ml < aorta.volume_range_ml[0] and aorta.edge_voxels > 0
+    assert aorta.flags == []  # routinely crosses the scan's ends: neither cut nor too small
+
+
+def test_mean_hu_is_judged_on_the_interior_and_only_with_enough_in_view(phantom):
+    from scipy import ndimage
+
+    image = phantom.image.copy()
+    spleen = phantom.label == 1
+    image[spleen & ~ndimage.binary_erosion(spleen)] = -300  # partial volume with fat at its surface
+    report = organ(assess(phantom.label, phantom.affine, 14, image), "spleen")
+    assert report.mean_hu < report.hu_range[0] < report.interior_hu and "hu" not in report.flags
+    image[spleen] = 5  # the whole spleen as dense as water: flagged
+    assert "hu" in organ(assess(phantom.label, phantom.affine, 14, image), "spleen").flags
+    top = int(np.argwhere(phantom.label == 2)[:, 2].max())
+    image[phantom.label == 2] = 5  # a kidney whose interior reads as water...
+    assert "hu" in organ(assess(phantom.label, phantom.affine, 14, image), "right kidney").flags
+    tip = (slice(None), slice(None), slice(top - 2, None))  # ... with only its tip in view: not judged
+    kidney = organ(assess(phantom.label[tip], phantom.affine, 14, image[tip]), "right kidney")
+    assert kidney.volume_ml < kidney.volume_range_ml[0] and kidney.interior_hu == 5 and kidney.edge_voxels
+    assert kidney.hu_range is None and "hu" not in kidney.flags
+
+
+def test_an_organ_missing_where_the_scan_covers_its_level_is_flagged(phantom):
+    labels = np.where(phantom.label == 6, 0, phantom.label)  # the liver deleted
+    report = assess(labels, phantom.affine, 14, phantom.image)
+    liver = organ(report, "liver")
+    assert liver.flags == ["missing"] and liver.expected_from == "spleen (wholly in view)"
+    assert "liver (missing: none labelled, though the spleen (wholly in view) shows" in report.summary("c")
+    assert "no liver or no kidney labelled: up/down not judged from the organs" in report.notes
+    no_aorta = assess(np.where(phantom.label == 8, 0, phantom.label), phantom.affine, 14, phantom.image)
+    assert organ(no_aorta, "aorta").flags == ["missing"]
+    low = int(np.argwhere(np.isin(phantom.label, (2, 3, 6)))[:, 2].min())
+    below = (slice(None), slice(None), slice(0, low))  # a scan that ends below the liver and kidneys
+    report = assess(phantom.label[below], phantom.affine, 14, phantom.image[below])
+    assert not any("missing" in o.flags for o in report.organs)
+
+
+def test_a_poor_segmentation_is_not_called_a_flipped_scan(phantom):
+    from unetr_cli.inference.orientation import find_body, to_world
+
+    labels = np.where(phantom.label == 1, 0, phantom.label)  # no spleen; the liver spills to the left
+    body = find_body(phantom.image, phantom.affine)
+    free = np.argwhere((labels == 0) & (phantom.image > -500))
+    left = free[to_world(free, phantom.affine)[:, 0] < body.midline_x - 10]
+    liver = int((labels == 6).sum())
+    labels[tuple(left[: int(0.9 * liver)].T)] = 6  # 46% of the liver left on its side
+    report = assess(labels, phantom.affine, 14, phantom.image)
+    share = organ(report, "liver").expected_side_share
+    assert 0.4 < share < 0.5 and "lateral" in organ(report, "liver").flags
+    assert report.orientation == []  # a liver across the midline is a bad label map, not a mirrored header

@@ -44,13 +44,13 @@ from unetr_cli.inference.orientation import (
     to_world,
     vessel_midline,
 )
-from unetr_cli.inference.postprocess import FULL_CONNECTIVITY, organ_components
+from unetr_cli.inference.postprocess import organ_components
 from unetr_cli.labels import label_names
 from unetr_cli.organ_norms import CONTRAST_AORTA_HU, NORMS, hu_range
 
 FRAGMENT_SHARE = 0.05  # a component counts as a fragment from 5% of the organ's volume...
 FRAGMENT_MIN_ML = 0.5  # ... and at least this size
-BRIDGE_MM = 10.0  # pieces joined through other organs' labels within this distance of the organ are one
+BRIDGE_MM = 10.0  # pieces of an organ split by another organ's label at most twice this wide are one
 MIN_AGREEMENT = 0.8  # Dice between a flipped prediction and the averaged one, mean over flips
 INTERIOR_MIN_ML = 1.0  # mean HU is judged on an interior of at least this size
 ANCHOR_MIN_ML = 5.0  # a neighbour this large shows the scan covers its level
@@ -273,26 +273,40 @@ def _judge(report: OrganReport, scene: _Scene, midline, phase, agreement) -> Non
 
 
 def _pieces(scene: _Scene, label: int, region, ranked: np.ndarray, count: int) -> int:
-    """How many pieces an organ's `count` sizeable components make once components joined through other
-    organs' labels within BRIDGE_MM of the organ count as one (background between them keeps them apart)."""
+    """How many pieces an organ's `count` sizeable components make once two components split by another
+    organ's label count as one: the gap between them (the voxels on their shortest connections, at most
+    2 x BRIDGE_MM long) is mostly other organs' labels. Background in the gap keeps them apart."""
     if count <= 1:
         return count
     from scipy import ndimage
 
     labels = scene.labels
-    margin = np.ceil(BRIDGE_MM / np.linalg.norm(scene.affine[:3, :3], axis=0)).astype(int)
+    spacing = np.linalg.norm(scene.affine[:3, :3], axis=0)
+    margin = np.ceil(2 * BRIDGE_MM / spacing).astype(int)
     box = tuple(
         slice(max(0, r.start - m), min(n, r.stop + m))
         for r, m, n in zip(region, margin, labels.shape, strict=True)
     )
     local = labels[box]
-    organ = local == label
-    near = ndimage.maximum_filter(organ.view(np.uint8), size=tuple(2 * margin + 1)).astype(bool)
-    joined, _ = ndimage.label(organ | (near & (local > 0)), structure=FULL_CONNECTIVITY)
-    inner = joined[
-        tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, box, strict=True))
-    ]
-    return len({int(inner[ranked == rank][0]) for rank in range(1, count + 1)})
+    inside = tuple(slice(r.start - b.start, r.stop - b.start) for r, b in zip(region, box, strict=True))
+    pieces, distances = [], []
+    for rank in range(1, count + 1):
+        piece = np.zeros(local.shape, dtype=bool)
+        piece[inside] = ranked == rank
+        pieces.append(piece)
+        distances.append(ndimage.distance_transform_edt(~piece, sampling=spacing))
+    group = list(range(count))
+    for a in range(count):
+        for b in range(a + 1, count):
+            through = distances[a] + distances[b]
+            gap = float(through.min())  # their separation: reached on the pieces' closest voxels
+            if gap > 2 * BRIDGE_MM:
+                continue
+            between = local[(through <= gap + spacing.max()) & ~pieces[a] & ~pieces[b]]
+            neighbours = (between != 0) & (between != label)
+            if between.size and neighbours.mean() >= 0.5:
+                group = [group[a] if g == group[b] else g for g in group]
+    return len(set(group))
 
 
 def _interior_hu(scene: _Scene, label: int, region) -> float | None:

@@ -47,6 +47,7 @@ def write_ct_series(
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", series_number, k + 1
         # Type 2 attributes of the Frame of Reference, General Series, CT Image and General Image modules.
         ds.PositionReferenceIndicator, ds.PatientPosition, ds.KVP, ds.AcquisitionNumber = "", "HFS", "", 1
+        ds.BodyPartExamined = "ABDOMEN"  # not a paired part: no Laterality (Type 2C) needed
         ds.SeriesDescription, ds.ImageType = description, ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Rows, ds.Columns = int(image.shape[1]), int(image.shape[0])
         ds.PixelSpacing = [f"{row_step:.6f}", f"{column_step:.6f}"]
