@@ -180,13 +180,13 @@ def test_format_errors_come_before_the_model_loads(tmp_path):
     (tmp_path / "empty").mkdir()
     no_model = tmp_path / "no_such_model.pt"
     cases = [
-        ((nifti, "-o", tmp_path / "s.dcm"), "dicom-seg needs DICOM input"),
-        ((tmp_path / "notes.txt", "-o", tmp_path / "o.nii.gz"), "notes.txt: not a scan file"),
-        ((tmp_path / "empty", "-o", tmp_path / "o"), "empty: holds no scans"),
+        ((nifti, "-o", tmp_path / "s.dcm"), "dicom-seg needs DICOM input", 2),
+        ((tmp_path / "notes.txt", "-o", tmp_path / "o.nii.gz"), "notes.txt: not a scan file", 1),
+        ((tmp_path / "empty", "-o", tmp_path / "o"), "empty: holds no scans", 2),
     ]
-    for args, expected in cases:
+    for args, expected, code in cases:
         result = _predict(no_model, *args)
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == code, result.output
         assert expected in result.stderr and "no_such_model" not in result.stderr
 
 

@@ -163,7 +163,7 @@ def test_refusals_that_need_no_model_come_before_it_loads(tmp_path, make, expect
     result = invoke(
         "predict", make(tmp_path), "-o", tmp_path / "out", "--checkpoint", tmp_path / "no_model.pt"
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == (2 if "(MR" in expected else 1), result.output  # MR: skipped, nothing to do
     assert expected in " ".join(result.stderr.split()) and "no_model" not in result.stderr
     assert "Traceback" not in result.output
 

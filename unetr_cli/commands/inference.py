@@ -10,7 +10,7 @@ import typer
 from unetr_cli.commands import options as opt
 from unetr_cli.commands.weights import WeightsOptions, model_settings, trained_model
 from unetr_cli.console import Reporter, error_line, stdout
-from unetr_cli.errors import UsageError
+from unetr_cli.errors import DataError, UsageError
 
 
 def predict(
@@ -136,8 +136,8 @@ def predict(
     scans, skipped, unreadable = expand_inputs(inputs, series, allow_non_ct)
     refused = unreadable | preflight(scans, allow_non_ct)
     scans = [s for s in scans if s not in refused]
-    if not scans:
-        raise UsageError("\n".join([*skipped, *refused.values()]))
+    if not scans:  # every input refused: failures of the batch (exit 1), said before any model loads
+        raise DataError("\n".join([*skipped, *refused.values()]))
     reporter = Reporter(opt.output_mode(quiet, json_output))
     _announce(reporter, scans, skipped, refused)
     fmt = choose_format(output, output_format, scans)

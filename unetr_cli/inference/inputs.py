@@ -28,7 +28,7 @@ def expand_inputs(
     batch).
 
     Raises:
-        UsageError: nothing to segment (the lines above say why).
+        UsageError: nothing named, or every DICOM series found skipped (the lines say why).
     """
     from unetr_cli.dicom import DicomSeries, choose_series, find_series, is_dicom_file
 
@@ -83,11 +83,10 @@ def expand_inputs(
         if keep and key not in seen:
             seen.add(key)
             scans.append(source)
-    if not scans:
-        reasons = list(unreadable.values()) + skipped
+    if not scans and not unreadable:
         raise UsageError(
-            "\n".join([*reasons, "nothing to segment: every DICOM series found was skipped or unreadable"])
-            if reasons
+            "\n".join([*skipped, "nothing to segment: every DICOM series found was skipped"])
+            if skipped
             else "no input scans: name scan files (NIfTI, NRRD, MetaImage), folders of them, DICOM series (a "
             "folder or .zip) or a glob pattern"
         )
