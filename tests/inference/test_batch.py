@@ -198,44 +198,42 @@ def test_skip_existing_finishes_incomplete_outputs(trained_run, scans, tmp_path)
     assert (out / "case1_seg_stats.json").is_file()
 
 
-def test_the_first_scan_decodes_while_the_model_loads(trained_run, scans, tmp_path, monkeypatch):
-    """Start-up of a single invocation: the scan is read beside building the model, not after it; a batch
-    whose outputs all exist (--skip-existing) loads no model at all."""
-    import threading
-
+def test_the_model_is_built_only_once_a_scan_has_passed_its_checks(trained_run, scans, tmp_path, monkeypatch):
+    """Start-up of a single invocation: the scan is decoded and checked before the model is built, so a scan
+    refused by its voxels never builds it; a batch whose outputs all exist (--skip-existing) builds none."""
     from unetr_cli import model as model_module
     from unetr_cli.inference import batch
 
-    both = threading.Barrier(2, timeout=30)  # reading the scan and building the model wait for each other
-    met = []
+    order = []
     real_read, real_build = batch.read_scan, model_module.model_with_weights
 
-    def meet() -> None:
-        try:
-            met.append(both.wait() is not None)
-        except threading.BrokenBarrierError:  # the other one never came: one ran after the other
-            met.append(False)
-
     def read_scan(source):
-        meet()
-        return real_read(source)
+        scan = real_read(source)
+        order.append(f"read {Path(source).name}")
+        return scan
 
     def model_with_weights(*args):
-        meet()
+        order.append("build")
         return real_build(*args)
 
     monkeypatch.setattr(batch, "read_scan", read_scan)
     monkeypatch.setattr(model_module, "model_with_weights", model_with_weights)
+    phantom = make_phantom(41, (48, 48, 16))
+    no_air = write_scan(tmp_path / "no_air.nii.gz", np.clip(phantom.image, 0, None), phantom.affine)
+    refused = _predict(trained_run / "checkpoint_final.pt", no_air, "-o", tmp_path / "n.nii.gz", "-q")
+    assert refused.exit_code == 1 and "no air" in refused.stderr
+    assert order == ["read no_air.nii.gz"]  # refused by its voxels: no model was built
     out = tmp_path / "seg.nii.gz"
+    order.clear()
     assert (
         _predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "-q").exit_code == 0
     )
-    assert out.is_file() and met == [True, True]
+    assert out.is_file() and order == ["read case0.nii.gz", "build"]
     again = _predict(
         trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "--skip-existing"
     )
     assert again.exit_code == 0 and "0 written, 1 skipped" in again.stdout
-    assert met == [True, True]  # neither read nor built again
+    assert order == ["read case0.nii.gz", "build"]  # neither read nor built again
 
 
 def test_unusable_outputs_are_refused_before_the_model_loads(scans, tmp_path):

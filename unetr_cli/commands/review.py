@@ -14,13 +14,15 @@ from unetr_cli.console import Reporter, error_line
 def report(
     label_map: Annotated[
         Path,
-        typer.Argument(help="A label map in BTCV ids (NIfTI, NRRD or MetaImage), from unetr or any tool."),
+        typer.Argument(
+            help="A label map in BTCV ids (NIfTI, NRRD, MetaImage or DICOM-SEG), from unetr or any tool."
+        ),
     ],
     scan: Annotated[
         Path | None,
         typer.Option(
-            help="The CT it labels, on the same grid: adds mean HU, the body's midline and the front/back "
-            "check.",
+            help="The CT it labels (a file or a DICOM series), on the same grid (a DICOM-SEG is placed on "
+            "it): adds mean HU, the body's midline and the front/back check.",
             rich_help_panel="Data",
         ),
     ] = None,
@@ -50,6 +52,7 @@ def report(
     Examples:
       unetr report segs/case1_seg.nii.gz --scan scans/case1.nii.gz
       unetr report totalseg_btcv.nii.gz --scan ct.nii.gz -o reports/ --fail-on-flags
+      unetr report segs/series_seg.dcm --scan dicom/series/
     """
     from unetr_cli.errors import OutputExistsError
     from unetr_cli.files import ensure_writable_folder
