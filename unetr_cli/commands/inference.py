@@ -40,7 +40,8 @@ def predict(
             "--report",
             "--stats",
             help="Per organ: volume (ml), mean HU and the flags to double-check (lateral, cut, volume, "
-            "fragments, uncertain with --tta, hu), as <name>_stats.json and .csv, and a line per scan.",
+            "fragments, uncertain with --tta, hu, missing), as <name>_stats.json and .csv, and a line per "
+            "scan.",
             rich_help_panel="Checks",
         ),
     ] = False,

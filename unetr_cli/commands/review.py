@@ -44,7 +44,7 @@ def report(
     json_output: opt.JsonOutput = False,
 ) -> None:
     """Judge a label map: per organ, volume, mean HU and the flags to double-check (lateral, cut, volume,
-    fragments, hu), and whether the scan's orientation looks right.
+    fragments, hu, missing), and whether the scan's orientation looks right.
 
     Writes <name>_stats.json and .csv (as `unetr predict --report` does) and prints one line naming the
     flagged organs. What cannot be judged (no scan given, unknown label ids, an empty map) is said in a note.
