@@ -157,6 +157,10 @@ def uneven(tmp_path: Path) -> Path:
         (lambda _: REALDATA / "nifti_ct_pitch" / "CT_pitch.nii.gz", "stored as uint8 without scaling"),
         (lambda _: REALDATA / "enhanced_ct", "its RescaleType is US, not HU"),
         (lambda tmp: tmp / "no_such_scan.nii.gz", "no_such_scan.nii.gz: file not found"),
+        (
+            lambda _: REALDATA / "dicomdir_tiny" / "SEG" / "seg_image_ct_binary.dcm",
+            "is a DICOM-SEG (a label map)",
+        ),
     ],
 )
 def test_refusals_that_need_no_model_come_before_it_loads(tmp_path, make, expected):

@@ -109,11 +109,12 @@ def preflight(scans: list, allow_non_ct: bool = False) -> dict:
         except InputError as err:
             refused[source] = str(err)
             continue
+        if info.kind == "dicom-seg":
+            refused[source] = f"{info.path}: is a DICOM-SEG (a label map), not a scan"
+            continue
         problem = None if allow_non_ct else header_problem(info, header)
         if problem is not None:
             refused[source] = f"{info.path}: {refusal(problem)}"
-        elif info.kind == "dicom-seg":
-            refused[source] = f"{info.path}: is a DICOM-SEG (a label map), not a scan"
     return refused
 
 
