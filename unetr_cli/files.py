@@ -41,6 +41,10 @@ def atomic_output(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             if shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
             raise
+        except OSError as err:  # named after the file being written, not its temporary name (or none)
+            if err.filename in (None, str(tmp)) and err.errno is not None:
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
         _fsync(tmp, os.O_RDONLY)
         if overwrite:
             os.replace(tmp, path)

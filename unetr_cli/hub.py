@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetr_cli.errors import HubError, UsageError
+from unetr_cli.errors import HubError, OutputExistsError, UsageError
 from unetr_cli.files import atomic_output
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -215,14 +215,23 @@ def _verify(cached: Path, where: str, expected: str | None) -> None:
         )
 
 
-def download(repo_or_name: str, filename: str | None, revision: str | None, to_dir: Path) -> Path:
-    """Fetch a file and place it in `to_dir` (where --pretrained-dir expects it), atomically."""
+def download(
+    repo_or_name: str, filename: str | None, revision: str | None, to_dir: Path, overwrite: bool = False
+) -> Path:
+    """Fetch a file and place it in `to_dir` (where --pretrained-dir expects it), atomically. A file of that
+    name already there stays unless it holds the same bytes (nothing to do) or `overwrite`."""
     if not to_dir.parent.exists():
         raise UsageError(f"--to {to_dir}: the parent folder {to_dir.parent} does not exist")
     repo_id, filename, revision, entry = resolve(repo_or_name, filename, revision)
     cached = fetch(repo_id, filename, revision, entry.sha256 if entry else None)
     to_dir.mkdir(exist_ok=True)
     target = to_dir / Path(filename).name
+    if target.exists() and not overwrite:
+        if target.is_file() and sha256_of(target) == sha256_of(cached):
+            return target
+        raise OutputExistsError(
+            target, "it holds other bytes than the download; pass --overwrite to replace it"
+        )
     with atomic_output(target) as tmp:
         shutil.copyfile(cached, tmp)
     return target

@@ -127,6 +127,9 @@ def read_info(source):
     if kind == "nifti":
         return _nifti_info(path)
     if kind in ("nrrd", "metaimage"):
+        from unetr_cli.datafiles import detached_data_files
+
+        detached_data_files(path)  # refused here if a data file lies outside the header's folder
         return None, _itk_info(path, kind)
     if kind == "dicom-seg":
         segmentation = SegmentationFile.read(path)

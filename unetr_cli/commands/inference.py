@@ -321,6 +321,7 @@ def evaluate(
     resample: opt.Resample = None,
     infer_amp: opt.InferAmp = None,
     device: opt.Device = None,
+    overwrite: opt.Overwrite = False,
     config: opt.Config = None,
     preset: opt.Preset = None,
     set_: opt.Set = None,
@@ -341,6 +342,7 @@ def evaluate(
       unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --keep-largest --surface-tolerance 1
     """
     from unetr_cli.files import ensure_writable_folder
+    from unetr_cli.guard import check_output
     from unetr_cli.inference import evaluate as ev
     from unetr_cli.inference.postprocess import PostProcessing
     from unetr_cli.settings import resolve_settings
@@ -349,12 +351,15 @@ def evaluate(
         raise UsageError(f"--space {space}: expected original or resampled")
     if split not in ("validation", "training"):
         raise UsageError(f"--split {split}: expected validation or training")
-    for option, path in (("--output", output), ("--csv", csv_path)):
-        if path is not None:  # before any case is scored, not after
-            ensure_writable_folder(path.parent, option)
     weights_options = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
     )
+    outputs = {option: path for option, path in (("--output", output), ("--csv", csv_path)) if path}
+    if len(set(map(Path.resolve, outputs.values()))) < len(outputs):
+        raise UsageError(f"--output and --csv name the same file ({output}); give each its own")
+    for option, path in outputs.items():  # before any case is scored, not after
+        check_output(option, path, weights_options.files, overwrite)
+        ensure_writable_folder(path.parent, option)
     reporter = Reporter(opt.output_mode(quiet, json_output))
     sources = opt.sources(config, preset, set_)
     flags = {
@@ -375,10 +380,12 @@ def evaluate(
             raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
         from unetr_cli.inference.segmenter import Segmenter
 
-        trained = trained_model(weights_options.read(), sources, flags)
+        weights = weights_options.read()
+        cases = ev.datalist_cases(ev.split_entries(model_settings(weights, sources, flags), split), None)
+        _spare_cases(outputs, cases, overwrite)
+        trained = trained_model(weights, sources, flags)
         settings, weights_path = trained.settings, trained.weights_path
         segmenter = Segmenter(trained.network, settings, trained.device)
-        cases = ev.datalist_cases(ev.split_entries(settings, split), None)
         score = lambda case: ev.score_model(case, segmenter, space, scoring(settings))  # noqa: E731
     else:
         if space == "resampled":
@@ -387,6 +394,7 @@ def evaluate(
             )
         settings, weights_path = resolve_settings(sources, flags), None
         cases, unpaired = ev.label_map_cases(settings, pred_dir, gt_dir, split, data_dir is not None)
+        _spare_cases(outputs, cases, overwrite)
         for kind, names in unpaired.items():
             if names:
                 reporter.warn(f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}")
@@ -411,3 +419,12 @@ def evaluate(
         error_line(f"case {name} failed: {problem}")
     if evaluation.failed:
         raise typer.Exit(1)
+
+
+def _spare_cases(outputs: dict[str, Path], cases: list, overwrite: bool) -> None:
+    """evaluate's outputs are none of its cases' files (truths, predictions, images)."""
+    from unetr_cli.guard import check_output, input_files
+
+    files = input_files(f for case in cases for f in (case.truth, case.prediction, case.image) if f)
+    for option, path in outputs.items():
+        check_output(option, path, files, overwrite)

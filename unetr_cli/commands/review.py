@@ -54,18 +54,19 @@ def report(
       unetr report totalseg_btcv.nii.gz --scan ct.nii.gz -o reports/ --fail-on-flags
       unetr report segs/series_seg.dcm --scan dicom/series/
     """
-    from unetr_cli.errors import OutputExistsError
     from unetr_cli.files import ensure_writable_folder
+    from unetr_cli.guard import check_output, input_files
     from unetr_cli.inference.plausibility import judge_label_map, report_paths, write_report
     from unetr_cli.inference.reports import output_stem
     from unetr_cli.labels import BTCV_LABELS
+    from unetr_cli.volumes import scan_source
 
     stem = output_stem(label_map)
     if output is not None:
         stem = output / stem.name
-    existing = [p for p in report_paths(stem) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(existing[0])
+    inputs = input_files([scan_source(p) for p in (label_map, scan) if p is not None])
+    for path in report_paths(stem):
+        check_output("-o", path, inputs, overwrite)
     ensure_writable_folder(stem.parent, "-o")
     reporter = Reporter(opt.output_mode(quiet, json_output))
     judged = judge_label_map(label_map, scan, len(BTCV_LABELS))

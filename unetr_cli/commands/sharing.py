@@ -11,7 +11,7 @@ from rich.markup import escape
 from unetr_cli.commands import options as opt
 from unetr_cli.commands.weights import WeightsOptions, trained_model
 from unetr_cli.console import stdout
-from unetr_cli.errors import OutputExistsError, UsageError
+from unetr_cli.errors import UsageError
 
 
 def export(
@@ -52,15 +52,16 @@ def export(
     """
     from unetr_cli import export as exporting
     from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
+    from unetr_cli.guard import check_output
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
-    if output.exists() and not overwrite:
-        raise OutputExistsError(output)
+    weights_options = WeightsOptions(checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript)
+    check_output("-o", output, weights_options.files, overwrite)
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
     ensure_writable_folder(output.parent, "-o")
     remove_stale_temporaries(output.parent)
-    weights = WeightsOptions(checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript).read()
+    weights = weights_options.read()
     named = any(v is not None for v in (feature_size, img_size, out_channels, config, preset, set_))
     if not weights.settings and not named:
         raise UsageError(
@@ -110,6 +111,7 @@ def download(
         ),
     ] = Path("pretrained_models"),
     list_models: Annotated[bool, typer.Option("--list", help="Show the registry of known models.")] = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Download weights through the Hugging Face hub (cache, tokens, HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE
     are honoured) and place them where --pretrained-dir expects them. Files are checked by sha256.
@@ -126,7 +128,7 @@ def download(
         return
     if repo_id is None:
         raise UsageError("name a repository (OWNER/REPO --filename FILE) or use --list")
-    path = hub.download(repo_id, filename, revision, to)
+    path = hub.download(repo_id, filename, revision, to, overwrite)
     stdout.print(f"saved {path}", markup=False)
     print(path.resolve())
 

@@ -29,6 +29,16 @@ class WeightsOptions:
     def given(self) -> bool:
         return any(v is not None for v in (self.checkpoint, self.pretrained_dir, self.pretrained_model_name))
 
+    @property
+    def files(self) -> list[Path]:
+        """The local weights file these options name (none for `hub:` or nothing given): an input that no
+        output may replace."""
+        from unetr_cli.checkpoint import locate_weights
+
+        if not self.given or (self.checkpoint or "").startswith("hub:"):
+            return []
+        return [locate_weights(self.checkpoint, self.pretrained_dir, self.pretrained_model_name)]
+
     def read(self) -> LoadedWeights:
         """Locate (downloading `hub:` references) and read the weights, checking --saved-checkpoint."""
         from unetr_cli.checkpoint import check_saved_kind, locate_weights, read_weights

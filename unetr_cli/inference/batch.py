@@ -7,6 +7,7 @@ One failing case is reported and skipped; the summary at the end says which fail
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ from unetr_cli.inference.orientation import (
     orientation_after_inference,
     orientation_before_inference,
 )
-from unetr_cli.inference.plausibility import ScanReport, assess, write_report
+from unetr_cli.inference.plausibility import ScanReport, assess, report_paths, write_report
 from unetr_cli.inference.postprocess import PostProcessing, postprocess
 from unetr_cli.inference.reports import output_stem, write_label_sidecars, write_preview
 from unetr_cli.inference.scan import Scan, read_scan, segment_scan, warm_up
@@ -58,16 +59,22 @@ class BatchResult:
     flagged: dict[Path, str] = field(default_factory=dict)  # with --fail-on-flags: the report's summary line
 
 
+def unit_files(target: Path, options: PredictOptions) -> list[Path]:
+    """The files of a label map's unit in the order they are written: the sidecars, the report and preview
+    when asked for, the label map last."""
+    stem = output_stem(target)
+    files = [stem.with_suffix(".json"), stem.with_suffix(".ctbl")]
+    if options.report:
+        files += report_paths(stem)
+    if options.preview:
+        files.append(stem.with_name(stem.name + "_preview.png"))
+    return [*files, target]
+
+
 def is_complete(target: Path, options: PredictOptions) -> bool:
     """A label map with every file that goes with it (written before it, so a map alone is a finished one
     only if these exist too: an earlier run may have been asked for less)."""
-    stem = output_stem(target)
-    wanted = [target, stem.with_suffix(".json"), stem.with_suffix(".ctbl")]
-    if options.report:
-        wanted += [stem.with_name(stem.name + "_stats.json"), stem.with_name(stem.name + "_stats.csv")]
-    if options.preview:
-        wanted.append(stem.with_name(stem.name + "_preview.png"))
-    return all(p.is_file() for p in wanted)
+    return all(p.is_file() for p in unit_files(target, options))
 
 
 def predict_batch(
@@ -97,8 +104,12 @@ def predict_batch(
     for source, target in zip(inputs, outputs, strict=True):
         if options.skip_existing and is_complete(target, options):
             result.skipped.append(target)
+            _recall_flags(result, source, target, options)
         else:
-            todo.append((source, target))
+            # Replaced only when asked to, or when finishing a unit of its own: decided now, so an output
+            # another process writes meanwhile is never replaced.
+            started = any(p.exists() for p in unit_files(target, options))
+            todo.append((source, target, options.overwrite or (options.skip_existing and started)))
     if not todo:
         return result
     overlap = device.type == "cuda"
@@ -126,7 +137,7 @@ def predict_batch(
                 advance(pending.source)
 
             writes: list[_Writing] = []  # at most MAX_PENDING_WRITES scans wait in memory
-            for index, (source, target) in enumerate(todo):
+            for index, (source, target, replace) in enumerate(todo):
                 reading, started, stages = upcoming, time.monotonic(), StageTimes(device)
                 if index + 1 < len(todo):
                     upcoming = read(_read, todo[index + 1][0], options)
@@ -144,7 +155,7 @@ def predict_batch(
                     advance(source)
                 else:
                     classes = segmenter.settings.model.out_channels
-                    written = write(_write_outputs, scan, made, target, options, classes)
+                    written = write(_write_outputs, scan, made, target, options, classes, replace)
                     writes.append(_Writing(source, target, started, stages, written))
                 for note in segmenter.notes if segmenter is not None else []:
                     reporter.warn(note)
@@ -245,14 +256,34 @@ def _check_orientation(scan: Scan, problems: list[str], options: PredictOptions,
         reporter.warn(f"{scan.path}: {problem}")
 
 
-def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions, classes: int):
-    """The sidecars first and the label map last: a label map on disk means its unit is complete. A new
-    output is created only if no other process made it meanwhile; an existing one is replaced only when the
-    user asked (--overwrite) or it is an incomplete unit being finished (--skip-existing). Returns the
-    plausibility report when one was asked for, the seconds writing took, and what to tell the user about
-    the label map written (what a DICOM-SEG's series lacked)."""
+def _write_outputs(
+    scan: Scan, made: Made, target: Path, options: PredictOptions, classes: int, replace: bool
+):
+    """The sidecars first and the label map last: a label map on disk means its unit is complete. The unit
+    is written holding the output (`guard.claimed`): an output that appeared meanwhile (another process) is
+    replaced only when `replace` (--overwrite, or --skip-existing finishing an incomplete unit); a unit that
+    fails halfway (a full disk) leaves none of the files it created. Returns the plausibility report when one
+    was asked for, the seconds writing took, and what to tell the user about the label map written (what a
+    DICOM-SEG's series lacked)."""
+    from unetr_cli.guard import claimed
+
     started = time.perf_counter()
-    replace = options.overwrite or target.exists()
+    unit = unit_files(target, options)
+    with claimed(target):
+        existed = {p for p in unit if p.exists()}
+        if existed and not replace:
+            raise OutputExistsError(target, "it was written meanwhile by another process; kept")
+        try:
+            report, notes = _write_unit(scan, made, target, options, classes)
+        except BaseException:
+            for path in unit:
+                if path not in existed:
+                    path.unlink(missing_ok=True)
+            raise
+    return report, time.perf_counter() - started, notes
+
+
+def _write_unit(scan: Scan, made: Made, target: Path, options: PredictOptions, classes: int):
     provenance = {"source": str(scan.path), **options.provenance}
     if made.cleanup:
         removed = {str(k): v for k, v in made.removed.items()}
@@ -264,23 +295,33 @@ def _write_outputs(scan: Scan, made: Made, target: Path, options: PredictOptions
         write_report(output_stem(target), report, str(scan.path))
     if options.preview:
         write_preview(target, scan.image, made.labels, scan.affine, classes, title=scan.path.name)
-    notes = save_label_map(
-        made.labels, scan, target, options.output_format, classes, options.provenance, replace
-    )
-    return report, time.perf_counter() - started, notes
+    notes = save_label_map(made.labels, scan, target, options.output_format, classes, options.provenance)
+    return report, notes
 
 
-def save_label_map(
-    labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict, replace: bool
-) -> list[str]:
+def _recall_flags(result: BatchResult, source, target: Path, options: PredictOptions) -> None:
+    """With --fail-on-flags, a scan skipped because its unit is complete counts as flagged if its stored
+    report is: a rerun with --skip-existing does not turn a flagged scan into a pass."""
+    if not options.fail_on_flags:
+        return
+    json_path, _ = report_paths(output_stem(target))
+    try:
+        stored = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        result.failed[source] = f"{json_path}: unreadable report; rerun without --skip-existing"
+        return
+    if stored.get("flagged") or stored.get("orientation") or stored.get("empty"):
+        what = ", ".join(stored.get("flagged") or []) or "orientation or an empty map"
+        result.flagged[source] = f"{source}: flagged in its existing report {json_path.name} ({what})"
+
+
+def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict) -> list[str]:
     """Write the label map in `fmt` on the scan's grid (NIfTI keeps a NIfTI input's qform/sform codes).
     Returns what to tell the user about it: for DICOM-SEG, the UIDs generated and the patient and study
     attributes left empty because the series lacks them."""
     if fmt == "dicom-seg":
         from unetr_cli.dicom import write_segmentation
 
-        if not replace and target.exists():
-            raise OutputExistsError(target)
         missing = write_segmentation(labels, scan.header, target, classes, provenance)
         if not missing:
             return []
@@ -293,11 +334,11 @@ def save_label_map(
         return [line]
     if fmt == "nifti":
         like = scan.header if scan.info.kind == "nifti" else None
-        save_nifti(labels, scan.affine, target, like=like, overwrite=replace)
+        save_nifti(labels, scan.affine, target, like=like)
     elif fmt == "seg-nrrd":
-        save_segmentation_nrrd(labels, scan.affine, target, classes, overwrite=replace)
+        save_segmentation_nrrd(labels, scan.affine, target, classes)
     else:
-        save_itk(labels, scan.affine, target, overwrite=replace)
+        save_itk(labels, scan.affine, target)
     return []
 
 

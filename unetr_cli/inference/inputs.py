@@ -166,31 +166,32 @@ def plan_outputs(sources: list, output: Path, fmt: str) -> list[Path]:
     return [output / name for name in names]
 
 
-def check_outputs(inputs: list[Path], outputs: list[Path], options: PredictOptions) -> None:
-    """Before any work: no output is an input (paths and inodes compared, links followed), outputs that exist
-    need --overwrite or --skip-existing, and every output folder can be created and written. Temporary files
-    that dead unetr processes left in them are removed."""
-    files = [f for s in inputs for f in (s.files if hasattr(s, "files") else [Path(s)])]
-    scans = {_identity(p): p for p in files if p.exists()}
-    for target in outputs:
-        source = scans.get(_identity(target)) if target.exists() else None
-        if source is not None or target.resolve() in {p.resolve() for p in files}:
-            raise UsageError(
-                f"-o {target}: is the input scan {source or target}; inputs are never overwritten, choose "
-                "another output"
-            )
-    existing = [p for p in outputs if p.exists()]
+def check_outputs(inputs: list, outputs: list[Path], options: PredictOptions) -> None:
+    """Before any work: no output is an input (`guard`: paths and inodes, links and detached data files
+    included), outputs that exist need --overwrite or --skip-existing, and --skip-existing finishes only units
+    that unetr wrote; every output folder can be created and written. Temporary files that dead unetr
+    processes left in them are removed."""
+    from unetr_cli.guard import input_files, refuse_inputs
+    from unetr_cli.inference.batch import unit_files
+    from unetr_cli.inference.reports import written_by_unetr
+
+    refuse_inputs("-o", outputs, input_files(inputs))
+    existing = [p for p in outputs if any(f.exists() for f in unit_files(p, options))]
     if existing and not (options.overwrite or options.skip_existing):
         raise OutputExistsError(
             existing[0],
             f"{len(existing)} output(s) exist; pass --overwrite to replace "
             "them or --skip-existing to keep them",
         )
+    if not options.overwrite:
+        foreign = [p for p in existing if not written_by_unetr(p)]
+        if foreign:
+            sidecar = output_stem(foreign[0]).with_suffix(".json").name
+            raise OutputExistsError(
+                foreign[0],
+                f"unetr did not write it (no {sidecar} of its own), so --skip-existing does not finish or "
+                "keep it; pass --overwrite to replace it",
+            )
     for folder in dict.fromkeys(p.parent for p in outputs):
         ensure_writable_folder(folder, "-o")
         remove_stale_temporaries(folder)
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_dev, stat.st_ino

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from unetr_cli import __version__
 from unetr_cli.files import atomic_output, write_text
 from unetr_cli.labels import label_colour, label_names, slicer_colour_table
 
@@ -31,6 +32,7 @@ def write_label_sidecars(seg_path: Path, num_classes: int, provenance: dict[str,
     stem = output_stem(seg_path)
     names = label_names(num_classes)
     sidecar = {
+        "written_by": f"unetr {__version__}",
         "labels": {str(k): v for k, v in names.items()},
         "colors": {str(k): list(label_colour(k)) for k in names},
         **provenance,
@@ -39,6 +41,19 @@ def write_label_sidecars(seg_path: Path, num_classes: int, provenance: dict[str,
     write_text(json_path, json.dumps(sidecar, indent=2) + "\n")
     write_text(table_path, slicer_colour_table(num_classes))
     return [json_path, table_path]
+
+
+def written_by_unetr(seg_path: Path) -> bool:
+    """Whether unetr wrote this label map's unit: its `<stem>.json` sidecar is unetr's."""
+    try:
+        sidecar = json.loads(output_stem(seg_path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(sidecar, dict)
+        and "labels" in sidecar
+        and ("written_by" in sidecar or "settings" in sidecar)
+    )
 
 
 def organ_statistics(

@@ -17,9 +17,10 @@ from unetr_cli.console import Reporter
 from unetr_cli.distributed import Launch
 from unetr_cli.errors import UsageError
 from unetr_cli.files import write_text
+from unetr_cli.guard import refuse_inputs
 from unetr_cli.settings import Settings, SettingsSources, input_space, resolve_settings
 from unetr_cli.training.engine import Finetuning, RunOptions, fit
-from unetr_cli.training.rundir import LATEST, RunDir, resolve_run_dir
+from unetr_cli.training.rundir import LATEST, RUN_FILES, RunDir, resolve_run_dir
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ def start_training(
     if under_torchrun and logdir is None:
         logdir = Path("runs") / distributed.shared_run_name()
     run = resolve_run_dir(logdir, options.resume)
+    if not options.resume and finetune is not None and finetune.path is not None:
+        # A new run replaces the folder's run files: none of them may be the weights it starts from.
+        refuse_inputs("--logdir", [run.checkpoint(name) for name in RUN_FILES], [finetune.path])
     weights = finetune.read() if finetune is not None else None
     if options.resume:
         base = run.read_settings()
