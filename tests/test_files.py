@@ -50,3 +50,12 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert str(os.getpid()) in live.name
     assert remove_stale_temporaries(tmp_path) == [dead]
     assert live.exists() and not dead.exists()
+
+
+def test_a_failed_write_is_named_after_its_destination_and_leaves_nothing(tmp_path):
+    target = tmp_path / "seg.json"
+    with pytest.raises(OSError) as raised, atomic_output(target) as tmp:
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a full disk does: no file name
+    assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

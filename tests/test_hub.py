@@ -242,3 +242,16 @@ def test_malformed_repository_ids_and_file_names_are_usage_errors(tmp_path, args
     result = invoke("download", *args, "--to", tmp_path / "m")
     assert result.exit_code == 2
     assert expected in result.stderr
+
+
+def test_download_keeps_a_different_file_of_that_name_unless_overwrite(fake_hub, tmp_path):
+    to = tmp_path / "pretrained_models"
+    to.mkdir()
+    (to / "model.pth").write_bytes(b"the user's own weights")
+    kept = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", to)
+    assert kept.exit_code == 1 and "holds other bytes than the download" in kept.stderr
+    assert (to / "model.pth").read_bytes() == b"the user's own weights"
+    replaced = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", to, "--overwrite")
+    assert replaced.exit_code == 0 and (to / "model.pth").read_bytes() == GOOD
+    again = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", to)
+    assert again.exit_code == 0  # the same bytes already there: nothing to refuse

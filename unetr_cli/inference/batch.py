@@ -104,7 +104,7 @@ def predict_batch(
     for source, target in zip(inputs, outputs, strict=True):
         if options.skip_existing and is_complete(target, options):
             result.skipped.append(target)
-            _recall_flags(result, source, target, options)
+            _recall_flags(result, source, target, options, reporter)
         else:
             # Replaced only when asked to, or when finishing a unit of its own: decided now, so an output
             # another process writes meanwhile is never replaced.
@@ -299,7 +299,9 @@ def _write_unit(scan: Scan, made: Made, target: Path, options: PredictOptions, c
     return report, notes
 
 
-def _recall_flags(result: BatchResult, source, target: Path, options: PredictOptions) -> None:
+def _recall_flags(
+    result: BatchResult, source, target: Path, options: PredictOptions, reporter: Reporter
+) -> None:
     """With --fail-on-flags, a scan skipped because its unit is complete counts as flagged if its stored
     report is: a rerun with --skip-existing does not turn a flagged scan into a pass."""
     if not options.fail_on_flags:
@@ -313,6 +315,7 @@ def _recall_flags(result: BatchResult, source, target: Path, options: PredictOpt
     if stored.get("flagged") or stored.get("orientation") or stored.get("empty"):
         what = ", ".join(stored.get("flagged") or []) or "orientation or an empty map"
         result.flagged[source] = f"{source}: flagged in its existing report {json_path.name} ({what})"
+        reporter.warn(result.flagged[source])
 
 
 def save_label_map(labels, scan: Scan, target: Path, fmt: str, classes: int, provenance: dict) -> list[str]:
