@@ -95,6 +95,12 @@ class DataSettings(_Group):
     rand_rotate90_prob: float = Field(0.2, ge=0.0, le=1.0)
     rand_scale_intensity_prob: float = Field(0.1, ge=0.0, le=1.0)
     rand_shift_intensity_prob: float = Field(0.1, ge=0.0, le=1.0)
+    archive_max_gib: float = Field(16.0, gt=0, description="a .zip of DICOM files unpacks to at most this")
+    archive_max_member_gib: float = Field(4.0, gt=0, description="... and each of its files to at most this")
+    archive_max_members: int = Field(100_000, ge=1, description="... holds at most this many files")
+    archive_max_ratio: float = Field(
+        200.0, gt=1, description="... and none of them (from 1 MiB) unpacks to more times its packed size"
+    )
 
     @field_validator("spacing")
     @classmethod

@@ -10,14 +10,12 @@ run, so outputs reference it consistently).
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetr_cli.archives import unpacked
 from unetr_cli.errors import InputError, UsageError, first_line
 
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: DICOMDIR, Philips' DIRFILE
@@ -144,7 +142,7 @@ def find_series(root: Path) -> tuple[list[DicomSeries], list[InputError]]:
     Raises:
         InputError: no DICOM file at all.
     """
-    folder = _unzipped(root) if root.is_file() and zipfile.is_zipfile(root) else root
+    folder = unpacked(root) if root.is_file() and zipfile.is_zipfile(root) else root
     groups: dict[tuple, _Group] = {}
     unreadable: list[InputError] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -282,21 +280,3 @@ def choose_series(series: list[DicomSeries], wanted: str | None) -> list[DicomSe
             )
         return chosen
     return series
-
-
-def _unzipped(archive: Path) -> Path:
-    """The archive's files in a temporary folder removed when the process ends."""
-    folder = Path(tempfile.mkdtemp(prefix="unetr-dicom-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.infolist():
-                if member.is_dir() or ".." in Path(member.filename).parts or member.filename.startswith("/"):
-                    continue
-                target = folder / member.filename
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with bundle.open(member) as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise InputError(archive, f"unreadable .zip ({first_line(err)})") from None
-    return folder
