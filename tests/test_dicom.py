@@ -284,3 +284,39 @@ def test_reports_and_presentation_states_beside_a_series_are_skipped_with_one_li
     assert "(SR, 1 files) in " in errors and ": radiation dose report" in errors
     assert "(PR, 1 files) in " in errors and ": presentation state" in errors
     assert [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["ct_seg.nii.gz"]
+
+
+def _deflated(path: Path, pixel_bytes: bytes | None = None) -> None:
+    ds = pydicom.dcmread(path)
+    if pixel_bytes is not None:
+        ds.PixelData = pixel_bytes  # more than its 16 x 16 pixels
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_deflated_files_are_inflated_within_bounds(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from unetr_cli.dicom import reading
+    from unetr_cli.errors import InputError
+    from unetr_cli.volumes import load_volume
+
+    phantom = make_phantom(29, (16, 16, 3))
+    files = write_ct_series(phantom.image, phantom.affine, tmp_path / "fine")
+    for path in files:
+        _deflated(path)
+    voxels, _ = load_volume(find_series(tmp_path / "fine")[0][0], dtype=None)
+    assert np.array_equal(voxels, phantom.image)  # a deflated series reads as any other
+    bomb = write_ct_series(phantom.image, phantom.affine, tmp_path / "bomb")
+    for path in bomb:
+        _deflated(path, bytes(32 << 20))  # 32 MiB of zeros: about 32 KiB on disk
+    monkeypatch.setattr(reading, "HEADER_LIMIT", 1 << 20)
+    tracemalloc.start()
+    try:
+        [series], _ = find_series(tmp_path / "bomb")  # the listing reads every header
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(series.files) == 3 and peak < 8 << 20  # not the 32 MiB per file that pydicom would inflate
+    with pytest.raises(InputError, match="inflates to more than 1 MB, more than its header declares"):
+        read_series(series)

@@ -109,10 +109,10 @@ def _quiet_highdicom():
 
 def is_segmentation(path: Path) -> bool:
     """A DICOM file whose SOP class is Segmentation Storage."""
-    import pydicom
+    from unetr_cli.dicom.reading import read_dicom
 
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        header = read_dicom(path, headers_only=True, specific_tags=["SOPClassUID"])
     except Exception:  # not readable as DICOM: not a segmentation either
         return False
     return str(header.get("SOPClassUID", "")) == SEGMENTATION_STORAGE

@@ -172,11 +172,11 @@ def find_series(root: Path) -> tuple[list[DicomSeries], list[InputError]]:
 
 def _read_header(path: Path):
     """The listing's attributes of one file; None for an index file or a file that is no dataset."""
-    import pydicom
+    from unetr_cli.dicom.reading import read_dicom
 
     bare = not _has_preamble(path)
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS), force=bare)
+        header = read_dicom(path, headers_only=True, specific_tags=list(_HEADER_TAGS), force=bare)
         sop_class = _text(header.get("SOPClassUID")) or _text(
             getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", None)
         )
@@ -185,6 +185,8 @@ def _read_header(path: Path):
             return None
         if "Modality" not in header:  # a truncated file reads without it; Modality is Type 1 in every IOD
             raise ValueError("no Modality: truncated, or not an image")
+    except InputError:
+        raise
     except Exception as err:  # pydicom raises several types for damaged files
         if bare:  # looked like a dataset without a preamble, but is not one
             return None

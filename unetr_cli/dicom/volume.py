@@ -56,12 +56,14 @@ def read_series(series: DicomSeries, headers_only: bool = False) -> SeriesVolume
         InputError: one slice, mixed orientations or sizes, duplicate positions, missing or unevenly spaced
             slices, multi-frame images mixed with others, pixel data that cannot be decoded.
     """
-    import pydicom
+    from unetr_cli.dicom.reading import read_dicom
 
     slices = []
     for path in series.files:
         try:
-            slices.append(pydicom.dcmread(path, stop_before_pixels=headers_only, force=True))
+            slices.append(read_dicom(path, headers_only=headers_only, force=True))
+        except InputError:
+            raise
         except Exception as err:
             raise InputError(path, f"unreadable DICOM file ({first_line(err)})") from None
     slices = [ds for ds in slices if "LOCALIZER" not in [str(v).upper() for v in ds.get("ImageType", [])]]
