@@ -108,8 +108,7 @@ def predict_batch(
         else:
             # Replaced only when asked to, or when finishing a unit of its own: decided now, so an output
             # another process writes meanwhile is never replaced.
-            started = any(p.exists() for p in unit_files(target, options))
-            todo.append((source, target, options.overwrite or (options.skip_existing and started)))
+            todo.append((source, target, options.overwrite or (options.skip_existing and target.exists())))
     if not todo:
         return result
     overlap = device.type == "cuda"
@@ -270,9 +269,9 @@ def _write_outputs(
     started = time.perf_counter()
     unit = unit_files(target, options)
     with claimed(target):
-        existed = {p for p in unit if p.exists()}
-        if existed and not replace:
+        if target.exists() and not replace:
             raise OutputExistsError(target, "it was written meanwhile by another process; kept")
+        existed = {p for p in unit if p.exists()}
         try:
             report, notes = _write_unit(scan, made, target, options, classes)
         except BaseException:

@@ -168,23 +168,25 @@ def plan_outputs(sources: list, output: Path, fmt: str) -> list[Path]:
 
 def check_outputs(inputs: list, outputs: list[Path], options: PredictOptions) -> None:
     """Before any work: no output is an input (`guard`: paths and inodes, links and detached data files
-    included), outputs that exist need --overwrite or --skip-existing, and --skip-existing finishes only units
-    that unetr wrote; every output folder can be created and written. Temporary files that dead unetr
-    processes left in them are removed."""
+    included), label maps that exist need --overwrite or --skip-existing, and without --overwrite no file of
+    an output's unit that unetr did not write is replaced (sidecars that outputs in several formats share are
+    unetr's); every output folder can be created and written. Temporary files that dead unetr processes left
+    in them are removed."""
     from unetr_cli.guard import input_files, refuse_inputs
     from unetr_cli.inference.batch import unit_files
     from unetr_cli.inference.reports import written_by_unetr
 
     refuse_inputs("-o", outputs, input_files(inputs))
-    existing = [p for p in outputs if any(f.exists() for f in unit_files(p, options))]
+    existing = [p for p in outputs if p.exists()]
     if existing and not (options.overwrite or options.skip_existing):
         raise OutputExistsError(
             existing[0],
             f"{len(existing)} output(s) exist; pass --overwrite to replace "
             "them or --skip-existing to keep them",
         )
-    if not options.overwrite:
-        foreign = [p for p in existing if not written_by_unetr(p)]
+    if not options.overwrite:  # files of the unit (its label map, or sidecars it shares) unetr did not write
+        present = [p for p in outputs if any(f.exists() for f in unit_files(p, options))]
+        foreign = [p for p in present if not written_by_unetr(p)]
         if foreign:
             sidecar = output_stem(foreign[0]).with_suffix(".json").name
             raise OutputExistsError(
