@@ -58,8 +58,9 @@ def run_as_program(function) -> int:
 def report_error(err: BaseException) -> int:
     """Print what a user sees for `err` (the project's errors as their message, anything else as one
     "unexpected" line) and return the exit code: the error's own, 130 for Ctrl-C, else 1."""
-    from unetr_cli.errors import UnetrError
+    from unetr_cli.errors import UnetrError, known_failure, root_cause
 
+    err = root_cause(err)
     if isinstance(err, UnetrError):
         for line in str(err).splitlines() or [type(err).__name__]:
             error_line(line)
@@ -67,10 +68,9 @@ def report_error(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         error_line("interrupted")
         return 130
-    if isinstance(err, OSError | MemoryError):  # a full disk, no permission, out of memory: named
-        from unetr_cli.errors import failure_message
-
-        error_line(failure_message(err, "unetr"))
+    named = known_failure(err, "unetr")  # a full disk, no permission, out of memory
+    if named is not None:
+        error_line(named)
         return 1
     error_line(f"unexpected {type(err).__name__}: {err} (run `unetr --debug ...` for the traceback)")
     return 1

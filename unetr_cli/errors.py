@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -73,12 +74,32 @@ class Interrupted(UnetrError):
         return (self.__class__, (str(self), self.signal_number))
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The error behind MONAI's `applying transform ...` wrappers: the missing file, the memory or the disk
+    that a user can act on, not the transform it happened in."""
+    while (
+        isinstance(err, RuntimeError)
+        and str(err).startswith("applying transform")
+        and err.__cause__ is not None
+    ):
+        err = err.__cause__
+    return err
+
+
 def failure_message(err: BaseException, path: str | Path) -> str:
-    """What a batch reports for one case that failed with `err` while working on `path`: the project's own
-    errors as they are, the failures of the machine (disk full, no permission, out of host or GPU memory, a
-    CUDA error) named in one line, anything else as one "unexpected" line (`--debug` shows its traceback)."""
+    """What a batch reports for one case that failed with `err` while working on `path`: `known_failure`,
+    else one "unexpected" line (`--debug` shows its traceback)."""
+    err = root_cause(err)
+    hint = "run `unetr --debug ...` for the traceback"
+    return known_failure(err, path) or f"{path}: unexpected {type(err).__name__}: {first_line(err)} ({hint})"
+
+
+def known_failure(err: BaseException, path: str | Path) -> str | None:
+    """The project's own errors as they are, and the failures of the machine (disk full, no permission, out
+    of host or GPU memory, a CUDA error) named in one line; None for anything else."""
     import errno
 
+    err = root_cause(err)
     if isinstance(err, UnetrError):
         return str(err)
     if isinstance(err, OSError):
@@ -92,12 +113,14 @@ def failure_message(err: BaseException, path: str | Path) -> str:
         return f"{err.filename or path}: {reason}"
     if isinstance(err, MemoryError):
         return f"{path}: not enough memory"
+    asked = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", str(err))
+    if isinstance(err, RuntimeError) and asked:  # torch's allocator on the CPU
+        return f"{path}: not enough memory ({int(asked.group(1)) / 2**30:.1f} GiB asked for)"
     if type(err).__name__ == "OutOfMemoryError":  # torch's, for a GPU
         return f"{path}: out of GPU memory ({first_line(err)})"
     if isinstance(err, RuntimeError) and "CUDA" in str(err):
         return f"{path}: {first_line(err)}"
-    hint = "run `unetr --debug ...` for the traceback"
-    return f"{path}: unexpected {type(err).__name__}: {first_line(err)} ({hint})"
+    return None
 
 
 def first_line(err: BaseException) -> str:

@@ -52,14 +52,19 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def export_torchscript(model: torch.nn.Module, settings: Settings, path: Path) -> ExportReport:
-    """Script, save, reload from disk, and compare with the eager model on a random window."""
+    """Script, save, reload from disk, and compare with the eager model on a random window. The archive is
+    serialised in memory and written by Python: TorchScript's own file writer aborts the whole process on a
+    full disk (a native crash that leaves its temporary file), Python's raises an error."""
+    import io
+
     model = model.eval()
     scripted = torch.jit.script(model)
     extra = metadata(settings)
+    archive = io.BytesIO()
+    torch.jit.save(scripted, archive, _extra_files={k: v for k, v in extra.items() if k.endswith(".json")})
     with atomic_output(path) as tmp:
-        torch.jit.save(
-            scripted, str(tmp), _extra_files={k: v for k, v in extra.items() if k.endswith(".json")}
-        )
+        tmp.write_bytes(archive.getbuffer())
+        del archive
         device = _device_of(model)
         reloaded = torch.jit.load(str(tmp), map_location=device)  # the file we just wrote ourselves
         diff = _max_diff(model, lambda x: reloaded(x), _parity_input(settings, device))

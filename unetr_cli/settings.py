@@ -40,7 +40,9 @@ class ModelSettings(_Group):
 
     in_channels: int = Field(1, ge=1)
     out_channels: int = Field(14, ge=2, description="classes including background (BTCV: 13 organs + 1)")
-    img_size: int = Field(96, ge=16, description="cubic input window in voxels; a multiple of 16")
+    img_size: int = Field(
+        96, ge=16, le=512, description="cubic input window in voxels; a multiple of 16, at most 512"
+    )
     feature_size: int = Field(16, ge=1)
     hidden_size: int = Field(768, ge=1)
     mlp_dim: int = Field(3072, ge=1)
@@ -317,6 +319,7 @@ def resolve_settings(
     sources: SettingsSources = SettingsSources(),
     flags: Mapping[str, Any] | None = None,
     base: dict[str, Any] | None = None,
+    base_origin: str | None = None,
 ) -> Settings:
     """Resolve the settings tree from all sources.
 
@@ -326,6 +329,7 @@ def resolve_settings(
             everything, `--set` included.
         base: stored settings (a resumed run's, or what a weights file says about its model), applied just
             above the defaults.
+        base_origin: the file `base` was read from, named when its values are what fails validation.
     """
     check_environment(os.environ)
     layered = deep_merge(_upgrade_stored(base or {}), read_preset(sources.preset) if sources.preset else {})
@@ -341,11 +345,51 @@ def resolve_settings(
     try:
         resolved = _Resolved(**overrides)
     except ValidationError as err:
-        raise SettingsError(format_validation_error(err)) from None
-    except ValueError as err:  # pydantic-settings' own: a UNETR_GROUP variable that is not JSON
+        message = format_validation_error(err)
+        if base_origin is not None and _valid_without_base(sources, flags):
+            message = f"{base_origin}: its stored settings are not valid: {message}"
+        raise SettingsError(message) from None
+    except ValueError as err:  # pydantic-settings' own: a variable that is not JSON where JSON is needed
         group = str(err).split('"')[1] if str(err).count('"') >= 2 else "?"
-        raise SettingsError(f"UNETR_{group.upper()}: not valid JSON for the {group} settings group") from None
+        raise SettingsError(_json_culprit(group)) from None
     return Settings.from_dict(resolved.to_dict())
+
+
+def _valid_without_base(sources: SettingsSources, flags: Mapping[str, Any] | None) -> bool:
+    try:
+        resolve_settings(sources, flags)
+    except SettingsError:
+        return False
+    return True
+
+
+def _json_culprit(group: str) -> str:
+    """Which UNETR_ variable of `group` holds what is not JSON where a JSON value is needed: the group's own
+    variable, or one of its list and mapping fields (UNETR_DATA__SPACING)."""
+    import json
+    import typing
+
+    def parses(value: str) -> bool:
+        try:
+            json.loads(value)
+        except ValueError:
+            return False
+        return True
+
+    prefix = f"{ENV_PREFIX}{group.upper()}"
+    fields = getattr(Settings.model_fields.get(group), "annotation", None)
+    fields = getattr(fields, "model_fields", {})
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if upper == prefix and not parses(value):
+            return f"{name}: not valid JSON for the {group} settings group"
+        key = upper.removeprefix(prefix + "__").lower() if upper.startswith(prefix + "__") else None
+        field = fields.get(key) if key else None
+        complex_field = field is not None and typing.get_origin(field.annotation) in (tuple, list, dict)
+        if complex_field and not parses(value):
+            example = json.dumps(field.default)
+            return f"{name}: {value!r} is not valid JSON; {group}.{key} takes a JSON value such as {example}"
+    return f"{prefix} variables: not valid JSON for the {group} settings group"
 
 
 def _nest(flags: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def synth(
         raise UsageError(f"--format {image_format}: expected one of {', '.join(IMAGE_FORMATS)}")
     if shape is not None and min(shape) < 1:
         raise UsageError(f"--shape {' '.join(map(str, shape))}: every axis needs at least one voxel")
+    if shape is not None:
+        _check_memory(shape, workers)
     datalist = out_dir / "dataset_0.json"
     if datalist.exists() and not overwrite:
         raise UsageError(f"{datalist}: already exists; pass --overwrite to regenerate the dataset")
@@ -103,3 +105,22 @@ def _print_dataset_table(datalist: Path, reporter: Reporter) -> None:
     reporter.info(
         f"wrote {len(listing['training'])} training and {len(listing['validation'])} validation cases"
     )
+
+
+PHANTOM_BYTES_PER_VOXEL = 48  # peak while one phantom is made (tracemalloc: 47 at 256x256x64, less if larger)
+
+
+def _check_memory(shape: tuple[int, int, int], workers: int) -> None:
+    """Refuse a --shape whose phantoms cannot be made in the free memory, before any work."""
+    import math
+
+    from unetr_cli.volumes import available_memory_bytes
+
+    voxels = math.prod(shape)
+    need, free = voxels * PHANTOM_BYTES_PER_VOXEL * workers, available_memory_bytes()
+    if need > free:
+        raise UsageError(
+            f"--shape {' '.join(map(str, shape))}: a phantom of {voxels:.3g} voxels needs about "
+            f"{need / 2**30:,.0f} GiB of memory ({workers} at a time), more than the {free / 2**30:.1f} GiB "
+            "free; choose a smaller --shape"
+        )

@@ -63,7 +63,9 @@ class TrainedModel:
 def model_settings(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> Settings:
     """Settings from the weights file where it carries them (its architecture and input space), the user's
     sources and flags on top."""
-    return resolve_settings(sources, flags, base=input_space(weights.settings or {}))
+    return resolve_settings(
+        sources, flags, base=input_space(weights.settings or {}), base_origin=weights.source
+    )
 
 
 def trained_model(weights: LoadedWeights, sources: SettingsSources, flags: dict[str, Any]) -> TrainedModel:

@@ -76,6 +76,7 @@ class DicomSeries:
     skip: str | None = None
     uid_generated: bool = False
     duplicates: int = 0
+    number_shared: bool = False  # another series in the same folder has the same series number
 
     @property
     def name(self) -> str:
@@ -83,7 +84,9 @@ class DicomSeries:
         base = self.folder.name.removesuffix(".zip")
         if not self.shares_folder:
             return base
-        return f"{base}_s{self.number if self.number is not None else self.uid[-6:]}"
+        if self.number is None or self.number_shared:
+            return f"{base}_s{'' if self.number is None else f'{self.number}_'}{self.uid[-6:]}"
+        return f"{base}_s{self.number}"
 
     @property
     def is_ct(self) -> bool:
@@ -165,9 +168,32 @@ def find_series(root: Path) -> tuple[list[DicomSeries], list[InputError]]:
         (group.series() for group in groups.values()),
         key=lambda s: (s.number is None, s.number or 0, s.uid),
     )
-    for item in series:
-        item.shares_folder = sum(other.folder == item.folder for other in series) > 1
+    _mark_neighbours(series)
     return series, unreadable
+
+
+def _mark_neighbours(series: list[DicomSeries]) -> None:
+    """Which series share their folder, and their series number within it (their names say so)."""
+    for item in series:
+        beside = [other for other in series if other.folder == item.folder and other is not item]
+        item.shares_folder = bool(beside)
+        item.number_shared = any(other.number == item.number for other in beside)
+
+
+def merge_series(copies: list[DicomSeries]) -> DicomSeries:
+    """One series found under several inputs (the same SeriesInstanceUID in each folder named: a series
+    split across folders, or copies of it) as one: its files together, each image once."""
+    group: _Group | None = None
+    for path in dict.fromkeys(f for item in copies for f in item.files):
+        header = _read_header(path)
+        if header is None:
+            continue
+        group = group or _Group(header, copies[0].folder)
+        group.add(path, header)
+    merged = group.series() if group is not None else copies[0]
+    merged.uid, merged.uid_generated = copies[0].uid, copies[0].uid_generated
+    merged.duplicates = group.duplicates if group is not None else 0
+    return merged
 
 
 def _read_header(path: Path):

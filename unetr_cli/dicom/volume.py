@@ -108,6 +108,15 @@ def _grid(orientations, positions, spacing: np.ndarray, series: DicomSeries) -> 
     if any(not np.allclose(np.array(o, dtype=np.float64), orientation, atol=1e-4) for o in orientations):
         raise InputError(series.folder, f"{series.summary()}: slices of mixed orientations; split the series")
     row_dir, col_dir = orientation[:3], orientation[3:]
+    unit = np.allclose([np.linalg.norm(row_dir), np.linalg.norm(col_dir)], 1.0, atol=1e-2)
+    if not unit or abs(float(row_dir @ col_dir)) > 1e-2:
+        raise InputError(
+            series.folder,
+            f"{series.summary()}: ImageOrientationPatient {orientation.round(4).tolist()} is not two "
+            "perpendicular unit vectors: the slices' geometry is unknown",
+        )
+    if np.any(np.asarray(spacing) <= 0):
+        raise InputError(series.folder, f"{series.summary()}: PixelSpacing {list(spacing)} is not positive")
     normal = np.cross(row_dir, col_dir)
     points = np.array(positions, dtype=np.float64)
     order = sorted(range(len(points)), key=lambda k: float(points[k] @ normal))

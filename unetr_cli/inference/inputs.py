@@ -63,12 +63,13 @@ def expand_inputs(
                 found += dicom_series(match)
             else:
                 found.append(match)  # a missing or unreadable file is refused before the model loads
+    found, merged = _merged_by_uid(found)
     series = [s for s in found if isinstance(s, DicomSeries)]
     chosen = choose_series(series, series_uid)
     skipped = [line for s in chosen if (line := s.skip_line(allow_non_ct))]
     if series_uid is not None and skipped:
         raise UsageError(skipped[0])
-    notes = [
+    notes = merged + [
         f"{s}: {s.duplicates} file(s) left out: the same image (SOPInstanceUID) as another file"
         for s in chosen
         if s.duplicates
@@ -91,6 +92,33 @@ def expand_inputs(
             "folder or .zip) or a glob pattern"
         )
     return scans, skipped + notes, unreadable
+
+
+def _merged_by_uid(found: list) -> tuple[list, list[str]]:
+    """The inputs with each DICOM series that several named folders hold (one SeriesInstanceUID) merged
+    into one, and a line for each merge."""
+    from unetr_cli.dicom import DicomSeries
+    from unetr_cli.dicom.series import merge_series
+
+    by_uid: dict[str, list] = {}
+    for source in found:
+        if isinstance(source, DicomSeries):
+            by_uid.setdefault(source.uid, []).append(source)
+    result, lines, done = [], [], set()
+    for source in found:
+        if not isinstance(source, DicomSeries) or len(by_uid[source.uid]) == 1:
+            result.append(source)
+        elif source.uid not in done:
+            done.add(source.uid)
+            copies = by_uid[source.uid]
+            merged = merge_series(copies)
+            result.append(merged)
+            lines.append(
+                f"{merged}: series {source.uid} is in {len(copies)} of the folders named "
+                f"({', '.join(str(c.folder) for c in copies[1:4])}{', ...' if len(copies) > 4 else ''}): "
+                f"read as one series of {len(merged.files)} images"
+            )
+    return result, lines
 
 
 def preflight(scans: list, allow_non_ct: bool = False) -> dict:

@@ -98,7 +98,8 @@ def start_training(
         base = input_space(weights.settings)
     else:
         base = None
-    settings = resolve_settings(sources, {**flags, "runtime.logdir": run.path}, base=base)
+    origin = str(run.path / "settings.json") if options.resume else weights.source if weights else None
+    settings = resolve_settings(sources, {**flags, "runtime.logdir": run.path}, base=base, base_origin=origin)
     processes = launch.processes(settings.inference.device)
     if under_torchrun and processes:
         raise UsageError("already running under torchrun: drop --nproc-per-node/--distributed")
