@@ -187,3 +187,16 @@ def test_a_new_run_never_deletes_the_checkpoint_it_starts_from(checkpoint, tiny_
     result = invoke("finetune", "--checkpoint", start, *common)
     assert result.exit_code == 2 and "is an input" in result.stderr
     assert start.read_bytes() == before
+
+
+def test_synth_never_replaces_files_it_did_not_write(tmp_path):
+    own = tmp_path / "data" / "imagesTr" / "img0001.nii.gz"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"the user's own scan")
+    refused = invoke("synth", tmp_path / "data", "--cases", "2", "--shape", "24", "24", "8", "-q")
+    assert refused.exit_code == 1 and "1 of the dataset's files exist" in refused.stderr
+    assert own.read_bytes() == b"the user's own scan"
+    replaced = invoke(
+        "synth", tmp_path / "data", "--cases", "2", "--shape", "24", "24", "8", "--overwrite", "-q"
+    )
+    assert replaced.exit_code == 0 and own.read_bytes() != b"the user's own scan"

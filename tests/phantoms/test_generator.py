@@ -109,7 +109,7 @@ def test_synth_command_prints_what_it_wrote(tmp_path):
     assert (tmp_path / "ph" / "imagesTr" / "img0004.nii.gz").is_file()
     assert "48x48x24" in result.stdout and "LPS" in result.stdout and "RAS" in result.stdout
     again = invoke("synth", tmp_path / "ph", "--cases", "4")
-    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert again.exit_code == 1 and "already exists" in again.stderr
 
 
 def test_synth_refuses_an_empty_shape(tmp_path):

@@ -52,8 +52,9 @@ def synth(
       unetr synth data/full --cases 30 --workers 8
       unetr synth data/dicom --cases 4 --format dicom
     """
+    from unetr_cli.errors import OutputExistsError
     from unetr_cli.phantoms import write_dataset
-    from unetr_cli.phantoms.generator import IMAGE_FORMATS
+    from unetr_cli.phantoms.generator import IMAGE_FORMATS, dataset_files
 
     if image_format not in IMAGE_FORMATS:
         raise UsageError(f"--format {image_format}: expected one of {', '.join(IMAGE_FORMATS)}")
@@ -61,9 +62,11 @@ def synth(
         raise UsageError(f"--shape {' '.join(map(str, shape))}: every axis needs at least one voxel")
     if shape is not None:
         _check_memory(shape, workers)
-    datalist = out_dir / "dataset_0.json"
-    if datalist.exists() and not overwrite:
-        raise UsageError(f"{datalist}: already exists; pass --overwrite to regenerate the dataset")
+    existing = [p for p in dataset_files(out_dir, cases, image_format) if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            existing[0], f"{len(existing)} of the dataset's files exist; pass --overwrite to regenerate them"
+        )
     reporter = Reporter("quiet" if quiet else "rich")
     with reporter.progress() as bar:
         task = bar.add_task("phantoms", total=cases, status="") if bar else None

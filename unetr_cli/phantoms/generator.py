@@ -246,6 +246,15 @@ def write_dataset(
 IMAGE_FORMATS = {"nifti": ".nii.gz", "dicom": "", "nrrd": ".nrrd", "mha": ".mha"}
 
 
+def dataset_files(out_dir: Path, cases: int, image_format: str) -> list[Path]:
+    """What `write_dataset` writes: each case's image (a folder for DICOM) and label, and the datalist."""
+    suffix = IMAGE_FORMATS[image_format]
+    files = [out_dir / "dataset_0.json"]
+    for index in range(1, cases + 1):
+        files += [out_dir / f"imagesTr/img{index:04d}{suffix}", out_dir / f"labelsTr/label{index:04d}.nii.gz"]
+    return files
+
+
 def _write_case(job) -> dict:
     """Generate and save one case of `write_dataset`; returns its datalist entry."""
     out_dir, index, case_seed, shape, spacing, orientation, image_format = job
