@@ -8,17 +8,14 @@ line on stderr and an exit code; `--debug` or `UNETR_DEBUG=1` shows the tracebac
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import sys
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from unetr_cli import __version__
+from unetr_cli import __version__, ending
 from unetr_cli.commands import command, config, demo, inference, review, sharing, synth, training
 from unetr_cli.console import debugging, report_error, stdout
 from unetr_cli.monai_extras import skip_unused_extras
@@ -80,23 +77,11 @@ for _function in (
 
 
 def main() -> None:
-    """Console-script entry point. Once the command is done, the process ends at once (`_end_now`)."""
+    """Console-script entry point: the command, its exit handlers, then the end of the process without the
+    interpreter's teardown (`ending`)."""
     skip_unused_extras()
     try:
         app(prog_name="unetr")
-    except SystemExit as done:  # how Typer always ends: with the command's exit code
-        if done.code is None or isinstance(done.code, int):
-            _end_now(done.code or 0)
+    except SystemExit as done:  # how Typer always ends
+        ending.arm(done.code)
         raise
-
-
-def _end_now(code: int) -> None:
-    """Run the exit handlers (temporary folders, multiprocessing children), flush the output, and leave the
-    rest of the interpreter's teardown to the operating system: freeing every object torch and MONAI made and,
-    on a GPU, the CUDA context took 0.3 s of each `unetr predict` there (over a second before `gc.freeze`).
-    Every file unetr writes is closed and synced by then (`files.atomic_output`)."""
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe must not turn success into a traceback
-            stream.flush()
-    os._exit(code)

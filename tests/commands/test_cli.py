@@ -85,15 +85,16 @@ def test_unknown_command_is_a_usage_error():
 
 _MAIN = """
 import atexit, pathlib, sys
+MARKER = sys.argv[1]
 
 class LeftToTheSystem:
     def __del__(self):
         print("interpreter teardown ran", file=sys.stderr)
 
 kept = LeftToTheSystem()  # freed only by the interpreter's own teardown
-atexit.register(pathlib.Path(sys.argv[1]).touch)
 sys.argv = ["unetr", *sys.argv[2:]]
 from unetr_cli.cli import main
+atexit.register(pathlib.Path(MARKER).touch)  # as the command's own handlers are: after unetr is imported
 main()
 """
 
