@@ -168,6 +168,28 @@ def check_free_space(model: torch.nn.Module, path: Path) -> None:
         )
 
 
+def check_output_file(output: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Before the weights are read: -o is no input, exists only with --overwrite, and its folder exists and
+    is writable (temporary files of dead unetr processes there are removed)."""
+    from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
+    from unetr_cli.guard import check_output
+
+    check_output("-o", output, inputs, overwrite)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
+    ensure_writable_folder(output.parent, "-o")
+    remove_stale_temporaries(output.parent)
+
+
+def export(kind: str, model: torch.nn.Module, settings: Settings, output: Path) -> ExportReport:
+    """Export `model` as `kind` (torchscript, onnx or safetensors) after checking the folder can hold it."""
+    exporter = {"torchscript": export_torchscript, "onnx": export_onnx, "safetensors": export_safetensors}[
+        kind
+    ]
+    check_free_space(model, output)
+    return exporter(model, settings, output)
+
+
 def export_path_kind(torchscript: bool, onnx: bool, safetensors: bool) -> str:
     chosen = [k for k, v in (("torchscript", torchscript), ("onnx", onnx), ("safetensors", safetensors)) if v]
     if len(chosen) != 1:

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from unetr_cli.commands import options as opt
-from unetr_cli.commands.weights import WeightsOptions, model_settings, trained_model
-from unetr_cli.console import Reporter, error_line, stdout
-from unetr_cli.errors import DataError, UsageError
+from unetr_cli.commands.weights import WeightsOptions, model_settings
+from unetr_cli.console import Reporter
 
 
 def predict(
@@ -125,24 +124,10 @@ def predict(
       unetr predict scan.nrrd -o scan_seg.seg.nrrd --checkpoint model.pth
     """
     from unetr_cli.distributed import Launch
+    from unetr_cli.inference import predict as predicting
     from unetr_cli.inference.batch import PredictOptions
-    from unetr_cli.inference.inputs import (
-        check_outputs,
-        choose_format,
-        expand_inputs,
-        plan_outputs,
-        preflight,
-    )
 
-    scans, skipped, unreadable = expand_inputs(inputs, series, allow_non_ct)
-    refused = unreadable | preflight(scans, allow_non_ct)
-    scans = [s for s in scans if s not in refused]
-    if not scans:  # every input refused: failures of the batch (exit 1), said before any model loads
-        raise DataError("\n".join([*skipped, *refused.values()]))
     reporter = Reporter(opt.output_mode(quiet, json_output))
-    _announce(reporter, scans, skipped, refused)
-    fmt = choose_format(output, output_format, scans)
-    targets = plan_outputs(scans, output, fmt)
     options = PredictOptions(
         report=report or fail_on_flags,
         preview=preview,
@@ -151,98 +136,18 @@ def predict(
         allow_non_ct=allow_non_ct,
         overwrite=overwrite,
         skip_existing=skip_existing,
-        output_format=fmt,
     )
-    check_outputs(scans, targets, options)
-    weights = WeightsOptions(
+    plan = predicting.plan(inputs, output, series, output_format, options, reporter)  # refusals: no model
+    weights_options = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
-    ).read()
-    settings = model_settings(
-        weights,
-        opt.sources(config, preset, set_),
-        opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device)
-        | opt.postprocessing_flags(keep_largest, min_size),
     )
-    options.provenance = {"checkpoint": weights.source, "settings": settings.to_dict()}
+    weights = weights_options.read()
+    flags = opt.InferenceFlags(
+        infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device, keep_largest, min_size
+    )
+    settings = model_settings(weights, opt.sources(config, preset, set_), flags.settings())
     launch = Launch(nproc_per_node, distributed, nnodes, node_rank, rdzv_endpoint)
-    processes = launch.processes(settings.inference.device)
-    if processes:
-        from unetr_cli.inference.worker import PredictJob, predict_on_processes
-
-        job = PredictJob(
-            scans, targets, options, settings, Path(weights.source), trust_torchscript, reporter.mode
-        )
-        del weights  # each process reads the weights itself
-        result = predict_on_processes(job, launch, processes)
-    else:
-        from unetr_cli.devices import resolve_device, warming_up
-        from unetr_cli.inference.batch import predict_batch
-        from unetr_cli.inference.scan import warm_up_stages
-        from unetr_cli.inference.segmenter import Segmenter
-        from unetr_cli.model import model_with_weights
-
-        device = resolve_device(settings.inference.device)
-
-        def load_segmenter() -> Segmenter:
-            with warming_up(device, lambda: warm_up_stages(settings, device)):
-                model = model_with_weights(settings.model, weights.state_dict, weights.source)
-            segmenter = Segmenter(model, settings, device)
-            _report_ready(reporter, segmenter)
-            return segmenter
-
-        result = predict_batch(scans, targets, load_segmenter, device, options, reporter)
-    result.failed |= refused
-    _summarise_batch(result, reporter)
-
-
-def _announce(reporter: Reporter, scans: list, skipped: list[str], refused: dict) -> None:
-    """Before the model loads: the DICOM series found (as a folder's listing would show them), those skipped,
-    and the scans refused by the checks that need no model (failures of the batch, named again at its end)."""
-    for scan in scans:
-        if hasattr(scan, "uid"):
-            reporter.info(f"found {scan.summary()}")
-    for line in skipped:
-        reporter.warn(line)
-    for source, problem in refused.items():
-        reporter.warn(f"skipped: {problem}")
-        reporter.event("failed", input=str(source), error=problem)
-
-
-def _report_ready(reporter: Reporter, segmenter) -> None:
-    """How long start-up took (imports, device, weights, model): the `ready` event of --json."""
-    import time
-
-    from unetr_cli import STARTED_AT
-
-    seconds = round(time.monotonic() - STARTED_AT, 3)
-    reporter.info(f"model ready on {segmenter.device} after {seconds:.1f} s")
-    reporter.event("ready", startup_s=seconds, device=str(segmenter.device))
-
-
-def _summarise_batch(result, reporter: Reporter) -> None:
-    from unetr_cli.devices import peak_gpu_memory_bytes
-
-    peak = peak_gpu_memory_bytes()
-    gpu = f"; peak GPU memory {peak / 2**30:.2f} GB" if peak else ""
-    reporter.result(
-        f"{len(result.written)} written, {len(result.skipped)} skipped (existing), "
-        f"{len(result.failed)} failed{gpu}"
-    )
-    reporter.event(
-        "summary",
-        written=len(result.written),
-        skipped=len(result.skipped),
-        failed=len(result.failed),
-        flagged=len(result.flagged),
-        peak_gpu_memory_bytes=peak,
-    )
-    if result.failed:
-        for source, problem in result.failed.items():
-            error_line(problem if str(source) in problem else f"{source}: {problem}")
-    if result.flagged:
-        error_line(
-            f"{len(result.flagged)} scan(s) flagged (--fail-on-flags): {', '.join(map(str, result.flagged))}"
-        )
+    result = predicting.run(plan, weights, settings, trust_torchscript, launch, reporter)
     if result.failed or result.flagged:
         raise typer.Exit(1)
 
@@ -341,90 +246,37 @@ def evaluate(
       unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --csv scores.csv
       unetr evaluate --pred-dir segs/ --gt-dir labelsTs/ --keep-largest --surface-tolerance 1
     """
-    from unetr_cli.files import ensure_writable_folder
-    from unetr_cli.guard import check_output
     from unetr_cli.inference import evaluate as ev
-    from unetr_cli.inference.postprocess import PostProcessing
     from unetr_cli.settings import resolve_settings
 
-    if space not in ("original", "resampled"):
-        raise UsageError(f"--space {space}: expected original or resampled")
-    if split not in ("validation", "training"):
-        raise UsageError(f"--split {split}: expected validation or training")
+    request = ev.EvaluationRequest(
+        split,
+        space,
+        pred_dir,
+        gt_dir,
+        data_dir is not None,
+        empty_as_zero,
+        hd95,
+        surface_tolerance,
+        output,
+        csv_path,
+        overwrite,
+    )
     weights_options = WeightsOptions(
         checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript, saved_checkpoint
     )
-    outputs = {option: path for option, path in (("--output", output), ("--csv", csv_path)) if path}
-    if len(set(map(Path.resolve, outputs.values()))) < len(outputs):
-        raise UsageError(f"--output and --csv name the same file ({output}); give each its own")
-    for option, path in outputs.items():  # before any case is scored, not after
-        check_output(option, path, weights_options.files, overwrite)
-        ensure_writable_folder(path.parent, option)
-    reporter = Reporter(opt.output_mode(quiet, json_output))
+    request.check(weights_options.files, weights_options.given)
     sources = opt.sources(config, preset, set_)
     flags = {
         "data.data_dir": data_dir,
         "data.json_list": json_list,
         "data.fold": fold,
-        **opt.inference_flags(infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device),
-        **opt.postprocessing_flags(keep_largest, min_size),
+        **opt.InferenceFlags(
+            infer_overlap, sw_batch_size, mode, tta, resample, infer_amp, device, keep_largest, min_size
+        ).settings(),
     }
-    unpaired: dict[str, list[str]] = {}
-
-    def scoring(settings) -> ev.Scoring:
-        cleanup = PostProcessing.of(settings.inference)
-        return ev.Scoring(empty_as_zero, hd95, surface_tolerance, cleanup)
-
-    if weights_options.given:
-        if pred_dir is not None or gt_dir is not None:
-            raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
-        from unetr_cli.inference.segmenter import Segmenter
-
-        weights = weights_options.read()
-        cases = ev.datalist_cases(ev.split_entries(model_settings(weights, sources, flags), split), None)
-        _spare_cases(outputs, cases, overwrite)
-        trained = trained_model(weights, sources, flags)
-        settings, weights_path = trained.settings, trained.weights_path
-        segmenter = Segmenter(trained.network, settings, trained.device)
-        score = lambda case: ev.score_model(case, segmenter, space, scoring(settings))  # noqa: E731
-    else:
-        if space == "resampled":
-            raise UsageError(
-                "--space resampled needs a model (--checkpoint): label folders have no model space"
-            )
-        settings, weights_path = resolve_settings(sources, flags), None
-        cases, unpaired = ev.label_map_cases(settings, pred_dir, gt_dir, split, data_dir is not None)
-        _spare_cases(outputs, cases, overwrite)
-        for kind, names in unpaired.items():
-            if names:
-                reporter.warn(f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}")
-        classes = settings.model.out_channels
-        score = lambda case: ev.score_files(case, classes, scoring(settings))  # noqa: E731
-    evaluation = ev.run_cases(cases, score, reporter)
-    evaluation.unpaired = unpaired
-    summary = ev.summarise(evaluation)
-    context = {
-        "space": space,
-        "empty_as_zero": empty_as_zero,
-        "surface_tolerance_mm": surface_tolerance,
-        "postprocessing": PostProcessing.of(settings.inference).describe(),
-        "checkpoint": str(weights_path) if weights_path else None,
-        "settings": settings.to_dict(),
-    }
-    ev.write_results(evaluation, summary, context, output, csv_path)
-    if reporter.mode != "json":
-        stdout.print(ev.results_table(summary, f"unetr evaluate ({space} space)", surface_tolerance))
-    reporter.event("summary", **summary)
-    for name, problem in evaluation.failed.items():
-        error_line(f"case {name} failed: {problem}")
+    weights = weights_options.read() if weights_options.given else None
+    settings = model_settings(weights, sources, flags) if weights else resolve_settings(sources, flags)
+    evaluation = ev.evaluate(request, settings, weights, Reporter(opt.output_mode(quiet, json_output)))
     if evaluation.failed:
         raise typer.Exit(1)
-
-
-def _spare_cases(outputs: dict[str, Path], cases: list, overwrite: bool) -> None:
-    """evaluate's outputs are none of its cases' files (truths, predictions, images)."""
-    from unetr_cli.guard import check_output, input_files
-
-    files = input_files(f for case in cases for f in (case.truth, case.prediction, case.image) if f)
-    for option, path in outputs.items():
-        check_output(option, path, files, overwrite)

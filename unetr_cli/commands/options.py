@@ -7,6 +7,8 @@ flags to `resolve_settings` as `{"group.field": value}`, so each flag can be fol
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -201,30 +203,24 @@ def sources(config: Path | None, preset: str | None, assignments: list[str] | No
     return SettingsSources(config, preset, tuple(assignments or ()))
 
 
-def inference_flags(
-    infer_overlap: float | None,
-    sw_batch_size: int | None,
-    mode: str | None,
-    tta: bool | None,
-    resample: str | None,
-    infer_amp: bool | None,
-    device: str | None,
-) -> dict:
-    """The sliding-window options that predict and evaluate share, as the settings fields they set."""
-    return {
-        "inference.infer_overlap": infer_overlap,
-        "inference.sw_batch_size": sw_batch_size,
-        "inference.blend_mode": mode,
-        "inference.tta": tta,
-        "inference.resample": resample,
-        "inference.amp": infer_amp,
-        "inference.device": device,
-    }
+@dataclass(frozen=True)
+class InferenceFlags:
+    """The sliding-window and post-processing options that predict and evaluate share; None: not given.
+    Each is the `inference` settings field of its name."""
 
+    infer_overlap: float | None = None
+    sw_batch_size: int | None = None
+    blend_mode: str | None = None
+    tta: bool | None = None
+    resample: str | None = None
+    amp: bool | None = None
+    device: str | None = None
+    keep_largest: bool | None = None
+    min_size_ml: float | None = None
 
-def postprocessing_flags(keep_largest: bool | None, min_size: float | None) -> dict:
-    """The post-processing options that predict and evaluate share, as the settings fields they set."""
-    return {"inference.keep_largest": keep_largest, "inference.min_size_ml": min_size}
+    def settings(self) -> dict:
+        """As settings flags: `{"inference.<field>": value}`."""
+        return {f"inference.{name}": value for name, value in dataclasses.asdict(self).items()}
 
 
 def output_mode(quiet: bool, json_output: bool) -> str:

@@ -51,16 +51,10 @@ def export(
       unetr export --checkpoint UNETR_model_best_acc.pth --preset btcv --safetensors -o unetr.safetensors
     """
     from unetr_cli import export as exporting
-    from unetr_cli.files import ensure_writable_folder, remove_stale_temporaries
-    from unetr_cli.guard import check_output
 
     kind = exporting.export_path_kind(torchscript, onnx, safetensors)
     weights_options = WeightsOptions(checkpoint, pretrained_dir, pretrained_model_name, trust_torchscript)
-    check_output("-o", output, weights_options.files, overwrite)
-    if not output.parent.is_dir():
-        raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
-    ensure_writable_folder(output.parent, "-o")
-    remove_stale_temporaries(output.parent)
+    exporting.check_output_file(output, weights_options.files, overwrite)
     weights = weights_options.read()
     named = any(v is not None for v in (feature_size, img_size, out_channels, config, preset, set_))
     if not weights.settings and not named:
@@ -68,29 +62,19 @@ def export(
             f"{weights.source}: holds no model settings; name the architecture with --preset btcv (the "
             "official BTCV weights) or --feature-size/--img-size/--out-channels"
         )
-    trained = trained_model(
-        weights,
-        opt.sources(config, preset, set_),
-        {
-            "model.feature_size": feature_size,
-            "model.img_size": img_size,
-            "model.out_channels": out_channels,
-            "inference.device": device,
-        },
-    )
-    settings = trained.settings
-    model = trained.network.to(trained.device)
-    exporter = {
-        "torchscript": exporting.export_torchscript,
-        "onnx": exporting.export_onnx,
-        "safetensors": exporting.export_safetensors,
-    }[kind]
-    exporting.check_free_space(model, output)
-    report = exporter(model, settings, output)
+    flags = {
+        "model.feature_size": feature_size,
+        "model.img_size": img_size,
+        "model.out_channels": out_channels,
+        "inference.device": device,
+    }
+    trained = trained_model(weights, opt.sources(config, preset, set_), flags)
+    report = exporting.export(kind, trained.network.to(trained.device), trained.settings, output)
     parity = "n/a" if report.max_abs_diff is None else f"{report.max_abs_diff:.3g}"
+    window = trained.settings.model.img_size
     stdout.print(
-        f"wrote {report.path} ({report.kind}); max |eager - exported| on a random "
-        f"{settings.model.img_size}^3 window: {parity}",
+        f"wrote {report.path} ({report.kind}); max |eager - exported| on a random {window}^3 window: "
+        f"{parity}",
         markup=False,
         soft_wrap=True,
     )

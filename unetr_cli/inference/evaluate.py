@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetr_cli.console import Reporter, debugging
+from unetr_cli.console import Reporter, debugging, error_line, stdout
 from unetr_cli.errors import InputError, UsageError, failure_message
 from unetr_cli.files import write_text
 from unetr_cli.inference.postprocess import PostProcessing, postprocess
@@ -102,6 +102,103 @@ def pair_folders(pred_dir: Path, gt_dir: Path) -> tuple[list[Case], list[str], l
     unpaired_truth = [str(t) for t in truths if t not in {c.truth for c in cases}]
     unpaired_pred = [str(p) for p in preds if p not in used]
     return cases, unpaired_pred, unpaired_truth
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What `unetr evaluate` was asked: the cases (a datalist split predicted by a model, or --pred-dir
+    against --gt-dir or the datalist's labels), the space and scoring, and where the numbers go."""
+
+    split: str = "validation"
+    space: str = "original"
+    pred_dir: Path | None = None
+    gt_dir: Path | None = None
+    datalist_named: bool = False
+    empty_as_zero: bool = False
+    hd95: bool = True
+    surface_tolerance_mm: float = 2.0
+    output: Path | None = None
+    csv: Path | None = None
+    overwrite: bool = False
+
+    @property
+    def outputs(self) -> dict[str, Path]:
+        return {option: path for option, path in (("--output", self.output), ("--csv", self.csv)) if path}
+
+    def check(self, weights_files: list[Path], with_model: bool) -> None:
+        """Before any weights are read: the choices fit together, and the outputs may be written (none is an
+        input, an existing one only with --overwrite, their folders writable)."""
+        from unetr_cli.files import ensure_writable_folder
+        from unetr_cli.guard import check_output
+
+        if self.space not in ("original", "resampled"):
+            raise UsageError(f"--space {self.space}: expected original or resampled")
+        if self.split not in ("validation", "training"):
+            raise UsageError(f"--split {self.split}: expected validation or training")
+        if with_model and (self.pred_dir is not None or self.gt_dir is not None):
+            raise UsageError("give either a model (--checkpoint) or --pred-dir, not both")
+        if not with_model and self.space == "resampled":
+            raise UsageError(
+                "--space resampled needs a model (--checkpoint): label folders have no model space"
+            )
+        if len({p.resolve() for p in self.outputs.values()}) < len(self.outputs):
+            raise UsageError(f"--output and --csv name the same file ({self.output}); give each its own")
+        for option, path in self.outputs.items():
+            check_output(option, path, weights_files, self.overwrite)
+            ensure_writable_folder(path.parent, option)
+
+    def spare_cases(self, cases: list[Case]) -> None:
+        """The outputs are none of the cases' files (truths, predictions, images)."""
+        from unetr_cli.guard import check_output, input_files
+
+        files = input_files(f for case in cases for f in (case.truth, case.prediction, case.image) if f)
+        for option, path in self.outputs.items():
+            check_output(option, path, files, self.overwrite)
+
+
+def evaluate(request: EvaluationRequest, settings, weights, reporter: Reporter) -> Evaluation:
+    """Score every case (predicted with `weights`, a `checkpoint.LoadedWeights`, or read from label-map
+    folders when it is None), write the numbers, print the table and every failure."""
+    cleanup = PostProcessing.of(settings.inference)
+    scoring = Scoring(request.empty_as_zero, request.hd95, request.surface_tolerance_mm, cleanup)
+    unpaired: dict[str, list[str]] = {}
+    if weights is not None:
+        from unetr_cli.devices import resolve_device
+        from unetr_cli.inference.scan import load_segmenter
+
+        cases = datalist_cases(split_entries(settings, request.split), None)
+        request.spare_cases(cases)
+        segmenter = load_segmenter(settings, resolve_device(settings.inference.device), lambda: weights)
+        score = lambda case: score_model(case, segmenter, request.space, scoring)  # noqa: E731
+    else:
+        cases, unpaired = label_map_cases(
+            settings, request.pred_dir, request.gt_dir, request.split, request.datalist_named
+        )
+        request.spare_cases(cases)
+        for kind, names in unpaired.items():
+            if names:
+                reporter.warn(f"{len(names)} unpaired {kind}: {', '.join(Path(n).name for n in names[:5])}")
+        classes = settings.model.out_channels
+        score = lambda case: score_files(case, classes, scoring)  # noqa: E731
+    evaluation = run_cases(cases, score, reporter)
+    evaluation.unpaired = unpaired
+    summary = summarise(evaluation)
+    context = {
+        "space": request.space,
+        "empty_as_zero": request.empty_as_zero,
+        "surface_tolerance_mm": request.surface_tolerance_mm,
+        "postprocessing": cleanup.describe(),
+        "checkpoint": str(weights.source) if weights is not None else None,
+        "settings": settings.to_dict(),
+    }
+    write_results(evaluation, summary, context, request.output, request.csv)
+    if reporter.mode != "json":
+        title = f"unetr evaluate ({request.space} space)"
+        stdout.print(results_table(summary, title, request.surface_tolerance_mm))
+    reporter.event("summary", **summary)
+    for name, problem in evaluation.failed.items():
+        error_line(f"case {name} failed: {problem}")
+    return evaluation
 
 
 def _label_file(path: Path) -> bool:

@@ -105,6 +105,24 @@ def segment_scan(scan: Scan, segmenter: Segmenter, stages: StageTimes | None = N
     return _segment_on_host(scan, segmenter, stages)
 
 
+def load_segmenter(settings: Settings, device: torch.device, read_weights, reporter=None) -> Segmenter:
+    """The model with its weights (`read_weights()`, a `checkpoint.LoadedWeights`) on `device`, ready to
+    segment; on a GPU the stages that need no model warm up meanwhile (`warm_up_stages`). With a `reporter`,
+    the `ready` line and event."""
+    from unetr_cli.devices import warming_up
+    from unetr_cli.model import model_with_weights
+
+    with warming_up(device, lambda: warm_up_stages(settings, device)):
+        weights = read_weights()
+        model = model_with_weights(settings.model, weights.state_dict, weights.source)
+    segmenter = Segmenter(model, settings, device)
+    if reporter is not None:
+        from unetr_cli.inference.predict import report_ready
+
+        report_ready(reporter, device)
+    return segmenter
+
+
 def warm_up_stages(settings: Settings, device: torch.device) -> np.ndarray:
     """The device path's stages that need no model, on a blank int16 scan of water stored LPS at 1 mm:
     preprocessing, and blank scores carried back to the scan's grid. On a GPU it runs while the model is

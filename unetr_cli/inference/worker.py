@@ -80,24 +80,22 @@ def run_share(job: PredictJob, job_file: Path) -> None:
     """Segment this process's share of the scans and leave the outcome beside the job file."""
     from unetr_cli.checkpoint import read_weights
     from unetr_cli.console import Reporter
-    from unetr_cli.devices import rank_device, resolve_device, warming_up
+    from unetr_cli.devices import rank_device, resolve_device
     from unetr_cli.inference.batch import predict_batch
-    from unetr_cli.inference.scan import warm_up_stages
-    from unetr_cli.inference.segmenter import Segmenter
-    from unetr_cli.model import model_with_weights
+    from unetr_cli.inference.scan import load_segmenter
 
     env = dist_env()
     device = rank_device(resolve_device(job.settings.inference.device))
-
-    def load_segmenter() -> Segmenter:
-        with warming_up(device, lambda: warm_up_stages(job.settings, device)):
-            weights = read_weights(job.weights, job.trust_torchscript)
-            model = model_with_weights(job.settings.model, weights.state_dict, weights.source)
-        return Segmenter(model, job.settings, device)
-
     share = slice(env.rank, None, env.world_size)
     result = predict_batch(
-        job.scans[share], job.targets[share], load_segmenter, device, job.options, Reporter(job.output_mode)
+        job.scans[share],
+        job.targets[share],
+        lambda: load_segmenter(
+            job.settings, device, lambda: read_weights(job.weights, job.trust_torchscript)
+        ),
+        device,
+        job.options,
+        Reporter(job.output_mode),
     )
     outcome = {
         "written": [str(p) for p in result.written],
