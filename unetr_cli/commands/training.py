@@ -1,5 +1,5 @@
-"""`unetr train` and `unetr finetune`: options to settings flags and run options, then
-`training.launch.start_training`, which resolves the settings once and trains here or through torchrun."""
+"""`unetr train` and `unetr finetune`: options to settings (resolved here, once) and run options, then
+`training.launch.start_training`, which trains here or through torchrun."""
 
 from __future__ import annotations
 
@@ -63,9 +63,8 @@ def train(
     """
     from unetr_cli.distributed import Launch
     from unetr_cli.training.engine import RunOptions
-    from unetr_cli.training.launch import start_training
 
-    start_training(
+    _train(
         sources=opt.sources(config, preset, set_),
         flags={
             "data.data_dir": data_dir,
@@ -159,11 +158,11 @@ def finetune(
     from unetr_cli.checkpoint import locate_weights
     from unetr_cli.distributed import Launch
     from unetr_cli.training.engine import RunOptions
-    from unetr_cli.training.launch import FinetuneFrom, start_training
+    from unetr_cli.training.launch import FinetuneFrom
 
     weights_named = any(v is not None for v in (from_, pretrained_dir, pretrained_model_name))
 
-    start_training(
+    _train(
         sources=opt.sources(config, preset, set_),
         flags={
             "data.data_dir": data_dir,
@@ -196,3 +195,40 @@ def finetune(
             freeze_encoder=freeze_encoder,
         ),
     )
+
+
+def _train(sources, flags: dict, logdir, options, output_mode: str, launch, finetune=None) -> None:
+    """Resolve the run folder and the settings once, here in the command layer, then train."""
+    from unetr_cli.training.launch import start_training
+
+    settings, run, weights = _training_settings(sources, flags, logdir, options, finetune)
+    start_training(settings, run, options, output_mode, launch, finetune, weights)
+
+
+def _training_settings(sources, flags: dict, logdir, options, finetune=None) -> tuple:
+    """The run folder, the settings (a resumed run starts from its own, fine-tuning from what the weights
+    file says about its model, the user's sources and flags on top) and the fine-tuning weights, read once.
+    A new run never replaces the weights it starts from."""
+    import os
+    from pathlib import Path
+
+    from unetr_cli import distributed
+    from unetr_cli.guard import refuse_inputs
+    from unetr_cli.settings import input_space, resolve_settings
+    from unetr_cli.training.rundir import RUN_FILES, resolve_run_dir
+
+    if "TORCHELASTIC_RUN_ID" in os.environ and logdir is None:
+        logdir = Path("runs") / distributed.shared_run_name()
+    run = resolve_run_dir(logdir, options.resume)
+    if not options.resume and finetune is not None and finetune.path is not None:
+        # A new run replaces the folder's run files: none of them may be the weights it starts from.
+        refuse_inputs("--logdir", [run.checkpoint(name) for name in RUN_FILES], [finetune.path])
+    weights = finetune.read() if finetune is not None else None
+    if options.resume:
+        base, origin = run.read_settings(), str(run.path / "settings.json")
+    elif weights is not None and weights.settings:
+        base, origin = input_space(weights.settings), weights.source
+    else:
+        base, origin = None, None
+    flags = {**flags, "runtime.logdir": run.path}
+    return resolve_settings(sources, flags, base=base, base_origin=origin), run, weights

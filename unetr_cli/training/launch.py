@@ -17,10 +17,9 @@ from unetr_cli.console import Reporter
 from unetr_cli.distributed import Launch
 from unetr_cli.errors import UsageError
 from unetr_cli.files import write_text
-from unetr_cli.guard import refuse_inputs
-from unetr_cli.settings import Settings, SettingsSources, input_space, resolve_settings
+from unetr_cli.settings import Settings
 from unetr_cli.training.engine import Finetuning, RunOptions, fit
-from unetr_cli.training.rundir import LATEST, RUN_FILES, RunDir, resolve_run_dir
+from unetr_cli.training.rundir import LATEST, RunDir
 
 
 @dataclass(frozen=True)
@@ -74,34 +73,18 @@ class TrainingJob:
 
 
 def start_training(
-    sources: SettingsSources,
-    flags: dict[str, Any],
-    logdir: Path | None,
+    settings: Settings,
+    run: RunDir,
     options: RunOptions,
     output_mode: str,
     launch: Launch,
     finetune: FinetuneFrom | None = None,
+    weights: LoadedWeights | None = None,
 ) -> None:
-    """Resolve the run folder and the settings (a resumed run starts from its own, fine-tuning from what the
-    weights file says about its model), then train here or relaunch through torchrun."""
-    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-    if under_torchrun and logdir is None:
-        logdir = Path("runs") / distributed.shared_run_name()
-    run = resolve_run_dir(logdir, options.resume)
-    if not options.resume and finetune is not None and finetune.path is not None:
-        # A new run replaces the folder's run files: none of them may be the weights it starts from.
-        refuse_inputs("--logdir", [run.checkpoint(name) for name in RUN_FILES], [finetune.path])
-    weights = finetune.read() if finetune is not None else None
-    if options.resume:
-        base = run.read_settings()
-    elif weights is not None and weights.settings:
-        base = input_space(weights.settings)
-    else:
-        base = None
-    origin = str(run.path / "settings.json") if options.resume else weights.source if weights else None
-    settings = resolve_settings(sources, {**flags, "runtime.logdir": run.path}, base=base, base_origin=origin)
+    """Train here with `settings` (resolved by the command), or relaunch through torchrun, one process per
+    GPU; `weights` are the fine-tuning weights when already read."""
     processes = launch.processes(settings.inference.device)
-    if under_torchrun and processes:
+    if "TORCHELASTIC_RUN_ID" in os.environ and processes:
         raise UsageError("already running under torchrun: drop --nproc-per-node/--distributed")
     job = TrainingJob(settings, run.path, options, output_mode, finetune)
     if not processes:
