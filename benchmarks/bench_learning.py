@@ -149,8 +149,8 @@ def _generator_version() -> str:
 def demo_dataset(training_cases: int = DEMO_TRAINING_CASES) -> Path:
     """The dataset `unetr demo` trains on (its seed 0, cached); with more `training_cases`, further phantoms
     of the same seed join its training list while its two held-out phantoms stay the validation list."""
+    from unetr_cli.commands.demo_recipe import DEMO_CASES, DEMO_SHAPE, DEMO_VALIDATION_FRACTION
     from unetr_cli.files import write_text
-    from unetr_cli.phantoms.demo import DEMO_CASES, DEMO_SHAPE, DEMO_VALIDATION_FRACTION
     from unetr_cli.phantoms.generator import write_dataset
 
     name = "demo_dataset" if training_cases == DEMO_TRAINING_CASES else f"training_{training_cases}"

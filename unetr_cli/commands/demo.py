@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from unetr_cli.commands import options as opt
+from unetr_cli.commands.demo_recipe import DEMO_CASES
 from unetr_cli.console import Reporter
-from unetr_cli.phantoms.demo import DEMO_CASES
 
 NEXT_STEPS = """next, on real data:
   unetr train --data-dir /dataset/dataset0 --preset btcv            # the BTCV recipe (GPU)
@@ -47,7 +47,7 @@ def demo(
       unetr demo --out /tmp/unetr-demo --overwrite
       unetr demo --minutes 3            # a quicker, weaker model on a slow machine
     """
-    from unetr_cli.phantoms.demo import run_demo
+    from unetr_cli.commands.demo_recipe import run_demo
 
     reporter = Reporter(opt.output_mode(quiet, json_output))
     result = run_demo(

@@ -1,5 +1,5 @@
-"""Synthetic abdominal CT phantoms in the BTCV layout (`generator`, over the patient model in `anatomy`), and
-`demo`: the whole job on them, start to finish."""
+"""Synthetic abdominal CT phantoms in the BTCV layout (`generator`, over the patient model in `anatomy`;
+`dicom_series` writes them as DICOM)."""
 
 from unetr_cli.phantoms.generator import make_phantom, scanner_affine, write_dataset
 

@@ -166,8 +166,7 @@ def _segmenter(checkpoint: Path, settings):
     """The trained demo model, loaded once for scoring and prediction."""
     from unetr_cli.checkpoint import read_weights
     from unetr_cli.devices import resolve_device
-    from unetr_cli.inference.segmenter import Segmenter
-    from unetr_cli.model import model_with_weights
+    from unetr_cli.inference.scan import load_segmenter
 
-    model = model_with_weights(settings.model, read_weights(checkpoint).state_dict, str(checkpoint))
-    return Segmenter(model, settings, resolve_device(settings.inference.device))
+    device = resolve_device(settings.inference.device)
+    return load_segmenter(settings, device, lambda: read_weights(checkpoint))
