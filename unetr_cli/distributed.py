@@ -193,8 +193,8 @@ class Launch:
     rdzv_endpoint: str | None = None
     max_restarts: int | None = None
 
-    def processes(self, device: str) -> int | None:
-        """Processes to start on this node for work on `device` (auto, cpu, cuda, cuda:N); None for none.
+    def processes(self, device: torch.device) -> int | None:
+        """Processes to start on this node for work on `device` (`devices.resolve_device`'s); None for none.
 
         One process per GPU: asking for more processes than visible GPUs is an error, unless the work is on
         the CPU (`--device cpu`), where torchrun starts that many gloo processes.
@@ -206,7 +206,7 @@ class Launch:
             if not gpus:
                 raise UsageError("--distributed: no GPU is visible; use --nproc-per-node N for CPU processes")
             return gpus
-        on_gpus = device.startswith("cuda") or (device == "auto" and gpus > 0)
+        on_gpus = device.type == "cuda"
         if self.nproc_per_node and on_gpus and self.nproc_per_node > gpus:
             raise UsageError(
                 f"--nproc-per-node {self.nproc_per_node}: only {gpus} GPU(s) are visible (one process per "

@@ -1,11 +1,13 @@
-"""A label map moved onto another grid whose voxels are its own: a DICOM-SEG covers only the slices it
-labels, and is scored or judged on the full grid of its series (or of a truth converted from it), which may
-also store the axes in another order or direction."""
+"""Grids: the one convention change between the formats (`LPS_TO_RAS`: DICOM, NRRD and MetaImage store LPS,
+unetr's affines are RAS as NIfTI's), and a label map moved onto another grid whose voxels are its own (a
+DICOM-SEG covers only the slices it labels, and is scored or judged on the full grid of its series, which may
+store the axes in another order or direction)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TOLERANCE = 1e-3  # of a voxel: what rounding in the headers may leave
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from unetr_cli.compression import write_gzip
 from unetr_cli.errors import InputError, OutputExistsError, first_line
 from unetr_cli.files import atomic_output
+from unetr_cli.grid import LPS_TO_RAS
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -29,7 +30,6 @@ OUTPUT_FORMATS = {
     "seg-nrrd": ".seg.nrrd",
     "dicom-seg": ".dcm",
 }
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ import numpy as np
 
 from unetr_cli.dicom.series import DicomSeries
 from unetr_cli.errors import InputError, first_line
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from unetr_cli.grid import LPS_TO_RAS
 
 
 @dataclass

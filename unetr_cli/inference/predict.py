@@ -59,7 +59,10 @@ def run(
     options = dataclasses.replace(
         plan.options, provenance={"checkpoint": weights.source, "settings": settings.to_dict()}
     )
-    processes = launch.processes(settings.inference.device)
+    from unetr_cli.devices import resolve_device
+
+    device = resolve_device(settings.inference.device)
+    processes = launch.processes(device)
     if processes:
         from unetr_cli.inference.worker import PredictJob, predict_on_processes
 
@@ -74,11 +77,9 @@ def run(
         )
         result = predict_on_processes(job, launch, processes)  # each process reads the weights itself
     else:
-        from unetr_cli.devices import resolve_device
         from unetr_cli.inference.batch import predict_batch
         from unetr_cli.inference.scan import load_segmenter
 
-        device = resolve_device(settings.inference.device)
         result = predict_batch(
             plan.scans,
             plan.targets,

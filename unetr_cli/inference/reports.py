@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -54,45 +52,6 @@ def written_by_unetr(seg_path: Path) -> bool:
         and "labels" in sidecar
         and ("written_by" in sidecar or "settings" in sidecar)
     )
-
-
-def organ_statistics(
-    labels: np.ndarray, image: np.ndarray, affine: np.ndarray, num_classes: int
-) -> list[dict]:
-    """Volume (ml), voxel count and mean HU of every organ class (absent organs get 0 ml and no HU)."""
-    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    flat = labels.ravel().astype(np.int64)
-    counts = np.bincount(flat, minlength=num_classes)
-    sums = np.bincount(flat, weights=image.ravel().astype(np.float64), minlength=num_classes)
-    rows = []
-    for label, name in label_names(num_classes).items():
-        if label == 0:
-            continue
-        count = int(counts[label])
-        rows.append(
-            {
-                "label": label,
-                "organ": name,
-                "voxels": count,
-                "volume_ml": round(count * voxel_ml, 3),
-                "mean_hu": round(float(sums[label] / count), 1) if count else None,
-            }
-        )
-    return rows
-
-
-def write_statistics(seg_path: Path, rows: list[dict]) -> list[Path]:
-    """`<stem>_stats.json` and `<stem>_stats.csv`."""
-    stem = output_stem(seg_path)
-    json_path = stem.with_name(stem.name + "_stats.json")
-    csv_path = stem.with_name(stem.name + "_stats.csv")
-    write_text(json_path, json.dumps(rows, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(csv_path, buffer.getvalue())
-    return [json_path, csv_path]
 
 
 def write_preview(
