@@ -84,12 +84,31 @@ def autocast_dtype(device: torch.device, enabled: bool, preference: str = "auto"
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
-def exact_fp32(device: torch.device, dtype: torch.dtype | None) -> None:
-    """Without autocast, fp32 means fp32: CUDA's TF32 shortcut for convolutions (on by default in PyTorch,
-    ~1e-3 relative error) is turned off, so `--no-amp` results match the CPU's."""
-    if device.type == "cuda" and dtype is None:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, dtype: torch.dtype | None):
+    """Without autocast, fp32 means fp32 while the block runs: CUDA's TF32 shortcut for convolutions and
+    matrix products (on by default in PyTorch, ~1e-3 relative error) is off, so `--no-amp` results match the
+    CPU's. The flags are the process's, so they are restored when the last such block (in any thread) ends."""
+    if device.type != "cuda" or dtype is not None:
+        yield
+        return
+    with _TF32_LOCK:
+        if not _TF32_SAVED:
+            _TF32_SAVED.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        _TF32_USERS[0] += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _TF32_USERS[0] -= 1
+            if not _TF32_USERS[0]:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _TF32_SAVED.pop()
+
+
+_TF32_LOCK = threading.Lock()
+_TF32_SAVED: list[tuple[bool, bool]] = []  # the flags before the first `exact_fp32` block that is running
+_TF32_USERS = [0]  # blocks running
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -22,7 +22,6 @@ class Segmenter:
         self.settings = settings
         self.device = device
         self.dtype = autocast_dtype(device, inference.amp)
-        exact_fp32(device, self.dtype)
         # Defaults from benchmarks/bench_options.py: one window at a time and channels_last_3d with bf16 are
         # fastest on CPU; GPUs want batches.
         self.sw_batch_size = inference.sw_batch_size or (4 if device.type == "cuda" else 1)
@@ -47,7 +46,7 @@ class Segmenter:
     def blank_windows(self) -> None:
         """One batch of blank windows through the model, as the real windows go (a warm-up)."""
         size, channels = self.settings.model.img_size, self.settings.model.in_channels
-        with autocast(self.device, self.dtype):
+        with exact_fp32(self.device, self.dtype), autocast(self.device, self.dtype):
             self._forward(torch.zeros(self.sw_batch_size, channels, size, size, size, device=self.device))
 
     def take_agreement(self) -> dict[int, float] | None:
@@ -108,7 +107,7 @@ class Segmenter:
             self._beside.join()
         inference = self.settings.inference
         output_device = torch.device("cpu") if self.aggregate_on_cpu else self.device
-        with autocast(self.device, self.dtype):
+        with exact_fp32(self.device, self.dtype), autocast(self.device, self.dtype):
             return sliding_window_inference(
                 inputs=image.to(self.device),
                 roi_size=(self.settings.model.img_size,) * 3,

@@ -113,7 +113,7 @@ class _Training:
     state: LoopState
     writer: object | None
 
-    lock: contextlib.ExitStack | None = None  # releases the run folder (main process) when fit returns
+    lock: contextlib.ExitStack | None = None  # releases the run folder and precision flags when fit returns
     stop: StopRequest | None = None  # while set, a second Ctrl-C waits until a checkpoint is written
     saved_step: int | None = None  # the step checkpoint_latest holds, once this invocation saved it
 
@@ -218,7 +218,7 @@ def _set_up(
         model.to(device)
         opt = settings.optimisation
         amp_dtype = autocast_dtype(device, opt.amp, opt.amp_dtype)
-        exact_fp32(device, amp_dtype)
+        release.enter_context(exact_fp32(device, amp_dtype))  # until fit returns
         scaler = grad_scaler(device, amp_dtype)
         optimizer = optimizer_for(model, settings)
         state = LoopState()
