@@ -3,11 +3,9 @@ versions) and how it is saved and restored, so a resumed run continues exactly w
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from unetr_cli import distributed
@@ -64,7 +62,6 @@ def save_training_state(
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 **state.saved(),
-                "rng": rng_state(),
                 "settings": settings.to_dict(),
                 "labels": label_names(settings.model.out_channels),
                 "versions": {
@@ -96,43 +93,8 @@ def restore_training_state(path: Path, model, optimizer, scaler) -> LoopState:
     checkpoint = safe_load(path)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    set_rng_state(checkpoint["rng"])
+    scaler.load_state_dict(checkpoint["scaler"])  # no random state: every epoch reseeds from (seed, epoch)
     return LoopState(**{name: checkpoint[name] for name in SAVED_FIELDS})
-
-
-def rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    numpy_state = rng["numpy"]
-    np.random.set_state(
-        (
-            numpy_state["kind"],
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    random.setstate(_as_tuple(rng["python"]))
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def _monai_version() -> str:
