@@ -54,6 +54,27 @@ def invoke(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False, prog_name="unetr")
 
 
+def predict(checkpoint: Path, *args):
+    """`unetr predict ARGS --checkpoint CHECKPOINT`."""
+    return invoke("predict", *args, "--checkpoint", checkpoint)
+
+
+def tiny_train(data_dir: Path, logdir: Path, *extra, epochs: int = 1, command: str = "train"):
+    """The tests' tiny run: `unetr train --preset tiny-cpu --data-dir D --logdir L --max-epochs N -q ...`."""
+    common = (
+        "--preset",
+        "tiny-cpu",
+        "--data-dir",
+        data_dir,
+        "--logdir",
+        logdir,
+        "--max-epochs",
+        epochs,
+        "-q",
+    )
+    return invoke(command, *common, *extra)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Six 64x64x32 phantoms (4 training, 2 validation) in the BTCV layout; read-only for tests."""
@@ -68,24 +89,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def trained_run(tiny_dataset, tmp_path_factory) -> Path:
     """A tiny-cpu run trained on the CPU for 10 epochs on the tiny dataset (read-only for tests)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    result = invoke(
-        "train",
-        "--preset",
-        "tiny-cpu",
-        "--seed",
-        "0",
-        "--data-dir",
-        tiny_dataset,
-        "--logdir",
-        run,
-        "--max-epochs",
-        "10",
-        "--val-every",
-        "5",
-        "--device",
-        "cpu",
-        "-q",
-    )
+    result = tiny_train(tiny_dataset, run, "--seed", "0", "--val-every", "5", "--device", "cpu", epochs=10)
     assert result.exit_code == 0, result.output
     return run
 

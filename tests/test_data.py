@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import invoke
+from tests.conftest import tiny_train
 from unetr_cli.data import read_datalist
 from unetr_cli.errors import InputError, UsageError
 
@@ -23,19 +23,7 @@ def dataset(tiny_dataset, tmp_path) -> Path:
 
 
 def _train(data_dir: Path, *extra: str):
-    return invoke(
-        "train",
-        "--preset",
-        "tiny-cpu",
-        "--data-dir",
-        data_dir,
-        "--logdir",
-        data_dir.parent / "run",
-        "--max-epochs",
-        "1",
-        "-q",
-        *extra,
-    )
+    return tiny_train(data_dir, data_dir.parent / "run", *extra)
 
 
 def _listing(data_dir: Path) -> dict:

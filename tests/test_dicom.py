@@ -13,16 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import dicom_errors, invoke, write_scan
+from tests.conftest import dicom_errors, invoke, predict, tiny_train, write_scan
 from unetr_cli.dicom import DicomSeries, find_series, read_segmentation, read_series
 from unetr_cli.phantoms import make_phantom
 from unetr_cli.phantoms.dicom_series import reading_order, write_ct_series
 
 SHAPE = (64, 56, 20)
-
-
-def _predict(checkpoint: Path, *args):
-    return invoke("predict", *args, "--checkpoint", checkpoint)
 
 
 def _labels(path: Path) -> np.ndarray:
@@ -57,10 +53,8 @@ def test_a_dicom_series_is_segmented_like_the_same_scan_in_nifti(
             path.rename(path.with_name(f"{(index * 7919) % 1000:04d}_{index}.dcm"))
     nifti = write_scan(tmp_path / "scan.nii.gz", phantom.image, affine)
     checkpoint = trained_run / "checkpoint_final.pt"
-    assert (
-        _predict(checkpoint, tmp_path / "patient", "-o", tmp_path / "dicom_seg.nii.gz", "-q").exit_code == 0
-    )
-    assert _predict(checkpoint, nifti, "-o", tmp_path / "nifti_seg.nii.gz", "-q").exit_code == 0
+    assert predict(checkpoint, tmp_path / "patient", "-o", tmp_path / "dicom_seg.nii.gz", "-q").exit_code == 0
+    assert predict(checkpoint, nifti, "-o", tmp_path / "nifti_seg.nii.gz", "-q").exit_code == 0
     from_dicom, from_nifti = nib.load(tmp_path / "dicom_seg.nii.gz"), nib.load(tmp_path / "nifti_seg.nii.gz")
     expected, expected_affine = reading_order(_labels(tmp_path / "nifti_seg.nii.gz"), from_nifti.affine)
     assert np.allclose(from_dicom.affine, expected_affine, atol=1e-4)  # the patient's geometry, tilt included
@@ -82,7 +76,7 @@ def test_several_series_in_one_folder_each_become_a_case(trained_run, tmp_path):
     listing = {s.number: s for s in find_series(folder)[0]}
     assert sorted(listing) == [3, 5, 7] and listing[3].description == "venous"
     checkpoint = trained_run / "checkpoint_final.pt"
-    result = _predict(checkpoint, folder, "-o", tmp_path / "out")
+    result = predict(checkpoint, folder, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert f"found series {listing[3].uid} 'venous' (CT, 20 files)" in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == [
@@ -92,7 +86,7 @@ def test_several_series_in_one_folder_each_become_a_case(trained_run, tmp_path):
     assert (
         "skipped series" in result.stderr and "(MR, 20 files)" in result.stderr and "not CT" in result.stderr
     )
-    picked = _predict(checkpoint, folder, "-o", tmp_path / "one", "--series", listing[5].uid, "-q")
+    picked = predict(checkpoint, folder, "-o", tmp_path / "one", "--series", listing[5].uid, "-q")
     assert picked.exit_code == 0 and [p.name for p in (tmp_path / "one").glob("*.nii.gz")] == [
         "export_s5_seg.nii.gz"
     ]
@@ -105,8 +99,8 @@ def test_a_zipped_series_is_read_like_the_folder(trained_run, tmp_path):
         for path in files:
             bundle.write(path, f"DICOM/{path.name}")
     checkpoint = trained_run / "checkpoint_final.pt"
-    assert _predict(checkpoint, tmp_path / "ct.zip", "-o", tmp_path / "zip_seg.nii.gz", "-q").exit_code == 0
-    assert _predict(checkpoint, tmp_path / "ct", "-o", tmp_path / "dir_seg.nii.gz", "-q").exit_code == 0
+    assert predict(checkpoint, tmp_path / "ct.zip", "-o", tmp_path / "zip_seg.nii.gz", "-q").exit_code == 0
+    assert predict(checkpoint, tmp_path / "ct", "-o", tmp_path / "dir_seg.nii.gz", "-q").exit_code == 0
     assert np.array_equal(_labels(tmp_path / "zip_seg.nii.gz"), _labels(tmp_path / "dir_seg.nii.gz"))
 
 
@@ -117,9 +111,9 @@ def test_dicom_seg_references_the_series_and_reads_back_voxel_exact(trained_run,
     write_ct_series(phantom.image, phantom.affine, tmp_path / "ct")
     checkpoint = trained_run / "checkpoint_final.pt"
     out = tmp_path / "seg.dcm"
-    result = _predict(checkpoint, tmp_path / "ct", "-o", out, "-q")
+    result = predict(checkpoint, tmp_path / "ct", "-o", out, "-q")
     assert result.exit_code == 0, result.output
-    assert _predict(checkpoint, tmp_path / "ct", "-o", tmp_path / "seg.nii.gz", "-q").exit_code == 0
+    assert predict(checkpoint, tmp_path / "ct", "-o", tmp_path / "seg.nii.gz", "-q").exit_code == 0
     series = find_series(tmp_path / "ct")[0][0]
     volume = read_series(series, headers_only=True)
     labels, affine, notes = read_segmentation(out)
@@ -159,7 +153,7 @@ def test_bad_series_get_one_line_and_the_batch_goes_on(trained_run, tmp_path, br
     write_ct_series(good.image, good.affine, tmp_path / "in" / "good")
     broken = write_ct_series(good.image, good.affine, tmp_path / "in" / "broken")
     breakage(broken)
-    result = _predict(
+    result = predict(
         trained_run / "checkpoint_final.pt",
         tmp_path / "in" / "good",
         tmp_path / "in" / "broken",
@@ -185,7 +179,7 @@ def test_format_errors_come_before_the_model_loads(tmp_path):
         ((tmp_path / "empty", "-o", tmp_path / "o"), "empty: holds no scans", 2),
     ]
     for args, expected, code in cases:
-        result = _predict(no_model, *args)
+        result = predict(no_model, *args)
         assert result.exit_code == code, result.output
         assert expected in result.stderr and "no_such_model" not in result.stderr
 
@@ -200,18 +194,7 @@ def test_synth_writes_dicom_phantoms_that_train(tmp_path):
     assert dicom_errors(next(image.glob("*.dcm"))) == []  # Type 2 attributes present, if empty
     [series], _ = find_series(image)
     assert isinstance(series, DicomSeries) and series.modality == "CT"
-    trained = invoke(
-        "train",
-        "--preset",
-        "tiny-cpu",
-        "--data-dir",
-        data,
-        "--logdir",
-        tmp_path / "run",
-        "--max-epochs",
-        "1",
-        "-q",
-    )
+    trained = tiny_train(data, tmp_path / "run")
     assert trained.exit_code == 0, trained.output
 
 
@@ -278,7 +261,7 @@ def test_reports_and_presentation_states_beside_a_series_are_skipped_with_one_li
         ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), modality, 99
         ds.preamble = b"\0" * 128
         ds.save_as(folder / name, enforce_file_format=True)
-    result = _predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out")
+    result = predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     errors = " ".join(result.stderr.split())
     assert "(SR, 1 files) in " in errors and ": radiation dose report" in errors

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import torch
 
-from tests.conftest import invoke, write_scan
+from tests.conftest import invoke, tiny_train, write_scan
 from unetr_cli.errors import InputError, failure_message
 from unetr_cli.phantoms import make_phantom
 from unetr_cli.phantoms.dicom_series import write_ct_series
@@ -59,35 +59,13 @@ def test_a_case_deleted_after_the_data_check_is_named(tiny_dataset, tmp_path, mo
         Path(cases[0]["image"]).unlink()  # gone between the check and the first epoch
 
     monkeypatch.setattr(engine, "check_data", check_then_delete)
-    result = invoke(
-        "train",
-        "--preset",
-        "tiny-cpu",
-        "--data-dir",
-        data,
-        "--logdir",
-        tmp_path / "run",
-        "--max-epochs",
-        "1",
-        "-q",
-    )
+    result = tiny_train(data, tmp_path / "run")
     assert result.exit_code == 1
     assert "img0001.nii.gz: file not found" in result.stderr and "unexpected" not in result.stderr
 
 
 def test_a_window_too_large_is_refused_as_a_setting(tiny_dataset, tmp_path):
-    result = invoke(
-        "train",
-        "--preset",
-        "tiny-cpu",
-        "--data-dir",
-        tiny_dataset,
-        "--logdir",
-        tmp_path / "run",
-        "--img-size",
-        "4096",
-        "-q",
-    )
+    result = tiny_train(tiny_dataset, tmp_path / "run", "--img-size", "4096")
     assert (
         result.exit_code == 2
         and "model.img_size = 4096: Input should be less than or equal to 512" in result.stderr

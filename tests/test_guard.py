@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import invoke, write_scan
+from tests.conftest import invoke, predict, write_scan
 from unetr_cli.phantoms import make_phantom
 
 
@@ -27,10 +27,6 @@ def scan(tmp_path_factory) -> Path:
 @pytest.fixture
 def checkpoint(trained_run) -> Path:
     return trained_run / "checkpoint_final.pt"
-
-
-def predict(checkpoint: Path, *args):
-    return invoke("predict", *args, "--checkpoint", checkpoint)
 
 
 def copied(path: Path, folder: Path) -> Path:
@@ -200,3 +196,22 @@ def test_synth_never_replaces_files_it_did_not_write(tmp_path):
         "synth", tmp_path / "data", "--cases", "2", "--shape", "24", "24", "8", "--overwrite", "-q"
     )
     assert replaced.exit_code == 0 and own.read_bytes() != b"the user's own scan"
+
+
+@pytest.mark.parametrize("spelling", ["dotdot", "symlink", "hardlink"])
+def test_predict_never_writes_over_its_scan_however_spelled(checkpoint, scan, tmp_path, spelling):
+    own = copied(scan, tmp_path / "in")
+    (tmp_path / "in" / "sub").mkdir()
+    output = {
+        "dotdot": tmp_path / "in" / "sub" / ".." / own.name,  # resolves to the scan
+        "symlink": tmp_path / "link.nii.gz",
+        "hardlink": tmp_path / "hard.nii.gz",  # another path, the same inode
+    }[spelling]
+    if spelling == "symlink":
+        output.symlink_to(own)
+    elif spelling == "hardlink":
+        os.link(own, output)
+    before = own.read_bytes()
+    result = predict(checkpoint, own, "-o", output, "--overwrite")
+    assert result.exit_code == 2 and "is an input" in result.stderr
+    assert own.read_bytes() == before

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import REALDATA, dicom_errors, invoke, json_events, write_scan
+from tests.conftest import REALDATA, dicom_errors, invoke, json_events, predict, write_scan
 from unetr_cli.dicom import find_series, read_series, write_segmentation
 from unetr_cli.dicom.identity import completed_headers
 from unetr_cli.grid import on_grid
@@ -28,10 +28,6 @@ UIDS = ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 @pytest.fixture
 def checkpoint(trained_run) -> Path:
     return trained_run / "checkpoint_final.pt"
-
-
-def predict(checkpoint: Path, *args):
-    return invoke("predict", *args, "--checkpoint", checkpoint)
 
 
 def emptied_uids(tmp_path: Path) -> Path:

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import invoke, write_scan
+from tests.conftest import predict, write_scan
 from unetr_cli.phantoms import make_phantom
 
 
@@ -24,13 +24,9 @@ def scans(tmp_path_factory) -> Path:
     return folder
 
 
-def _predict(checkpoint: Path, *args):
-    return invoke("predict", *args, "--checkpoint", checkpoint, "--device", "cpu")
-
-
 def test_single_scan_gets_label_map_and_sidecars(trained_run, scans, tmp_path):
     out = tmp_path / "seg.nii.gz"
-    result = _predict(
+    result = predict(
         trained_run / "checkpoint_final.pt",
         scans / "case0.nii.gz",
         "-o",
@@ -87,7 +83,7 @@ def test_batch_with_bad_files_goes_on(trained_run, scans, tmp_path):
     )  # the dim field, 6.4 TB of voxels
     (inputs / "huge.nii").write_bytes(bytes(header))
     out = tmp_path / "out"
-    result = _predict(trained_run / "checkpoint_final.pt", inputs, str(inputs / "*.nii"), "-o", out)
+    result = predict(trained_run / "checkpoint_final.pt", inputs, str(inputs / "*.nii"), "-o", out)
     assert result.exit_code == 1
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0_seg.nii.gz", "case2_seg.nii.gz"]
     errors = result.stderr
@@ -105,34 +101,32 @@ def test_batch_with_bad_files_goes_on(trained_run, scans, tmp_path):
 def test_existing_outputs_are_kept_unless_asked(trained_run, scans, tmp_path):
     out = tmp_path / "out"
     checkpoint = trained_run / "checkpoint_final.pt"
-    assert (
-        _predict(checkpoint, scans / "case0.nii.gz", scans / "case1.nii.gz", "-o", out, "-q").exit_code == 0
-    )
+    assert predict(checkpoint, scans / "case0.nii.gz", scans / "case1.nii.gz", "-o", out, "-q").exit_code == 0
     first = (out / "case0_seg.nii.gz").stat().st_mtime_ns
-    refused = _predict(checkpoint, scans, "-o", out, "-q")
+    refused = predict(checkpoint, scans, "-o", out, "-q")
     assert refused.exit_code == 1 and "2 output(s) exist; pass --overwrite" in refused.stderr
-    resumed = _predict(checkpoint, scans, "-o", out, "--skip-existing", "-q")
+    resumed = predict(checkpoint, scans, "-o", out, "--skip-existing", "-q")
     assert resumed.exit_code == 0 and "1 written, 2 skipped" in resumed.stdout
     assert (out / "case0_seg.nii.gz").stat().st_mtime_ns == first
-    assert _predict(checkpoint, scans, "-o", out, "--overwrite", "-q").exit_code == 0
+    assert predict(checkpoint, scans, "-o", out, "--overwrite", "-q").exit_code == 0
     assert (out / "case0_seg.nii.gz").stat().st_mtime_ns != first
 
 
 def test_missing_input_and_wrong_output_kind(trained_run, scans, tmp_path):
     checkpoint = trained_run / "checkpoint_final.pt"
-    result = _predict(checkpoint, tmp_path / "nope.nii.gz", "-o", tmp_path / "seg.nii.gz")
+    result = predict(checkpoint, tmp_path / "nope.nii.gz", "-o", tmp_path / "seg.nii.gz")
     assert result.exit_code == 1 and "nope.nii.gz: file not found" in result.stderr
-    several = _predict(checkpoint, scans, "-o", tmp_path / "seg.nii.gz")
+    several = predict(checkpoint, scans, "-o", tmp_path / "seg.nii.gz")
     assert several.exit_code == 2 and "-o must be a folder" in several.stderr
 
 
 def test_tta_changes_the_prediction_and_mostly_agrees(trained_run, scans, tmp_path):
     checkpoint = trained_run / "checkpoint_final.pt"
-    plain = _predict(
+    plain = predict(
         checkpoint, scans / "case2.nii.gz", "-o", tmp_path / "a.nii.gz", "--mode", "constant", "-q"
     )
     assert plain.exit_code == 0, plain.output
-    with_tta = _predict(
+    with_tta = predict(
         checkpoint,
         scans / "case2.nii.gz",
         "-o",
@@ -154,7 +148,7 @@ def test_tta_changes_the_prediction_and_mostly_agrees(trained_run, scans, tmp_pa
 def test_inference_flags_reach_the_settings_used(trained_run, scans, tmp_path):
     out = tmp_path / "seg.nii.gz"
     flags = ("--no-amp", "--mode", "constant", "--infer-overlap", "0.25", "--resample", "labels", "-q")
-    result = _predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, *flags)
+    result = predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, *flags)
     assert result.exit_code == 0, result.output
     used = json.loads((tmp_path / "seg.json").read_text())["settings"]["inference"]
     assert used["amp"] is False and used["blend_mode"] == "constant"
@@ -168,7 +162,7 @@ def test_an_input_is_never_overwritten(trained_run, scans, tmp_path):
     link = tmp_path / "link.nii.gz"
     link.symlink_to(scan)
     for target in (scan, link):
-        result = _predict(trained_run / "checkpoint_final.pt", scan, "-o", target, "--overwrite")
+        result = predict(trained_run / "checkpoint_final.pt", scan, "-o", target, "--overwrite")
         assert result.exit_code == 2
         assert "inputs are never overwritten" in result.stderr and "--overwrite" not in result.stderr
     assert scan.read_bytes() == original
@@ -179,11 +173,11 @@ def test_predicting_into_the_input_folder_never_reads_its_own_outputs(trained_ru
     shutil.copytree(scans, folder)
     (folder / ".unetr-tmp-999999999-case9_seg.nii.gz").write_bytes(b"left by a killed process")
     checkpoint = trained_run / "checkpoint_final.pt"
-    first = _predict(checkpoint, folder, "-o", folder, "-q")
+    first = predict(checkpoint, folder, "-o", folder, "-q")
     assert first.exit_code == 0, first.output
     assert "3 written" in first.stdout
     assert not list(folder.glob(".unetr-tmp-*"))  # the dead process's temporary file is gone
-    again = _predict(checkpoint, folder, "-o", folder, "--skip-existing", "-q")
+    again = predict(checkpoint, folder, "-o", folder, "--skip-existing", "-q")
     assert again.exit_code == 0 and "0 written, 3 skipped" in again.stdout
     assert not list(folder.glob("*_seg_seg*"))
 
@@ -191,9 +185,9 @@ def test_predicting_into_the_input_folder_never_reads_its_own_outputs(trained_ru
 def test_skip_existing_finishes_incomplete_outputs(trained_run, scans, tmp_path):
     out = tmp_path / "segs"
     checkpoint = trained_run / "checkpoint_final.pt"
-    assert _predict(checkpoint, scans, "-o", out, "--stats", "-q").exit_code == 0
+    assert predict(checkpoint, scans, "-o", out, "--stats", "-q").exit_code == 0
     (out / "case1_seg_stats.json").unlink()  # as if a kill had struck between the files of one scan
-    resumed = _predict(checkpoint, scans, "-o", out, "--stats", "--skip-existing", "-q")
+    resumed = predict(checkpoint, scans, "-o", out, "--stats", "--skip-existing", "-q")
     assert resumed.exit_code == 0 and "1 written, 2 skipped" in resumed.stdout
     assert (out / "case1_seg_stats.json").is_file()
 
@@ -220,25 +214,23 @@ def test_the_model_is_built_only_once_a_scan_has_passed_its_checks(trained_run, 
     monkeypatch.setattr(model_module, "model_with_weights", model_with_weights)
     phantom = make_phantom(41, (48, 48, 16))
     no_air = write_scan(tmp_path / "no_air.nii.gz", np.clip(phantom.image, 0, None), phantom.affine)
-    refused = _predict(trained_run / "checkpoint_final.pt", no_air, "-o", tmp_path / "n.nii.gz", "-q")
+    refused = predict(trained_run / "checkpoint_final.pt", no_air, "-o", tmp_path / "n.nii.gz", "-q")
     assert refused.exit_code == 1 and "no air" in refused.stderr
     assert order == ["read no_air.nii.gz"]  # refused by its voxels: no model was built
     out = tmp_path / "seg.nii.gz"
     order.clear()
     assert (
-        _predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "-q").exit_code == 0
+        predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "-q").exit_code == 0
     )
     assert out.is_file() and order == ["read case0.nii.gz", "build"]
-    again = _predict(
-        trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "--skip-existing"
-    )
+    again = predict(trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", out, "--skip-existing")
     assert again.exit_code == 0 and "0 written, 1 skipped" in again.stdout
     assert order == ["read case0.nii.gz", "build"]  # neither read nor built again
 
 
 def test_unusable_outputs_are_refused_before_the_model_loads(scans, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
-    result = _predict(tmp_path / "no_such_model.pt", scans, "-o", tmp_path / "a_file" / "segs")
+    result = predict(tmp_path / "no_such_model.pt", scans, "-o", tmp_path / "a_file" / "segs")
     assert result.exit_code == 2 and "a file is in the way" in result.stderr
 
 
@@ -250,7 +242,7 @@ def test_a_scan_that_cannot_fit_is_named_and_the_batch_goes_on(trained_run, scan
         nib.Nifti1Image(np.asanyarray(huge.dataobj), np.diag([600.0, 600.0, 600.0, 1.0])),
         folder / "case1.nii.gz",
     )
-    result = _predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out", "-q")
+    result = predict(trained_run / "checkpoint_final.pt", folder, "-o", tmp_path / "out", "-q")
     assert result.exit_code == 1
     assert "case1.nii.gz: resampled to 4x4x5 mm it would have" in result.stderr
     assert "2 written, 0 skipped (existing), 1 failed" in result.stdout
@@ -272,7 +264,7 @@ def test_a_full_disk_is_one_scans_failure(trained_run, scans, tmp_path, monkeypa
 
     monkeypatch.setattr(batch, "write_label_sidecars", disk_full_for_case1)
     out = tmp_path / "out"
-    result = _predict(trained_run / "checkpoint_final.pt", scans, "-o", out, "-q")
+    result = predict(trained_run / "checkpoint_final.pt", scans, "-o", out, "-q")
     assert result.exit_code == 1
     assert "case1_seg.json: no space left on the device" in result.stderr
     assert not (out / "case1_seg.nii.gz").exists()  # no label map without its sidecars
@@ -296,7 +288,7 @@ def test_a_cuda_error_is_one_scans_failure(trained_run, scans, tmp_path, monkeyp
 
     monkeypatch.setattr(batch, "segment_scan", cuda_error_for_case1)
     out = tmp_path / "out"
-    result = _predict(trained_run / "checkpoint_final.pt", scans, "-o", out, "-q")
+    result = predict(trained_run / "checkpoint_final.pt", scans, "-o", out, "-q")
     assert result.exit_code == 1
     # said when it happens and again in the summary, each time in one line
     failures = [line for line in result.stderr.splitlines() if "case1.nii.gz" in line]
@@ -306,3 +298,25 @@ def test_a_cuda_error_is_one_scans_failure(trained_run, scans, tmp_path, monkeyp
     assert "2 written, 0 skipped (existing), 1 failed" in result.stdout
     assert (out / "case0_seg.nii.gz").is_file() and (out / "case2_seg.nii.gz").is_file()
     assert not (out / "case1_seg.nii.gz").exists()
+
+
+def test_the_sliding_window_options_reach_monai(trained_run, scans, tmp_path, monkeypatch):
+    import monai.inferers
+
+    seen = []
+    real = monai.inferers.sliding_window_inference
+
+    def spy(**kwargs):
+        seen.append({k: kwargs[k] for k in ("overlap", "mode", "sw_batch_size", "roi_size")})
+        return real(**kwargs)
+
+    monkeypatch.setattr(monai.inferers, "sliding_window_inference", spy)
+    options = ["--infer-overlap", "0.3", "--blend-mode", "constant", "--sw-batch-size", "2", "-q"]
+    result = predict(
+        trained_run / "checkpoint_final.pt", scans / "case0.nii.gz", "-o", tmp_path / "s.nii.gz", *options
+    )
+    assert result.exit_code == 0, result.output
+    assert seen and all(call["overlap"] == 0.3 and call["mode"] == "constant" for call in seen)
+    assert all(
+        call["sw_batch_size"] == 2 and call["roi_size"] == (32, 32, 32) for call in seen
+    )  # tiny-cpu's window
