@@ -59,3 +59,13 @@ def test_a_failed_write_is_named_after_its_destination_and_leaves_nothing(tmp_pa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a full disk does: no file name
     assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_name_takes_no_space_and_outlives_a_rewrite_of_the_first(tmp_path):
+    from unetr_cli.files import link_or_copy, write_bytes
+
+    first = write_bytes(tmp_path / "checkpoint_latest.pt", b"epoch 10")
+    second = link_or_copy(first, tmp_path / "checkpoint_final.pt")
+    assert os.stat(first).st_ino == os.stat(second).st_ino  # one file on disk, two names
+    write_bytes(first, b"epoch 20")  # every write replaces the name with a new file
+    assert second.read_bytes() == b"epoch 10" and first.read_bytes() == b"epoch 20"

@@ -74,6 +74,24 @@ def copy_file(source: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
+def link_or_copy(source: str | Path, path: str | Path) -> Path:
+    """Place `path` as another name of `source` (a hard link, atomically: no second copy on disk), or a copy
+    where the file system has no hard links. Safe because unetr never writes a file in place: every write
+    replaces the name with a new file (`atomic_output`), so the other names keep their content."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return copy_file(source, path)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    return path
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     return write_bytes(path, text.encode())

@@ -94,6 +94,8 @@ def test_run_folder_holds_everything(tiny_dataset, tmp_path):
     assert checkpoint["epoch"] == 2 and checkpoint["settings"]["model"]["img_size"] == 32
     assert {"model", "optimizer", "scaler", "versions", "best_dice"} <= set(checkpoint)
     assert json.loads((run / "settings.json").read_text())["runtime"]["seed"] == 0
+    final, latest = (run / "checkpoint_final.pt").stat(), (run / "checkpoint_latest.pt").stat()
+    assert (final.st_dev, final.st_ino) == (latest.st_dev, latest.st_ino)  # one state, one file on disk
 
 
 def test_existing_run_is_not_overwritten(tiny_dataset, tmp_path):

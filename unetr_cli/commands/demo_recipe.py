@@ -87,6 +87,7 @@ def run_demo(
         overwrite=True,
         time_budget_s=minutes * 60.0 if minutes is not None else None,
         expected_minutes=EXPECTED_TRAINING_MINUTES if minutes is None else None,
+        slow_hint="or pass --minutes M to cap the training (a weaker model, sooner)",
     )
     result = fit(settings, RunDir(run_path), reporter, options)
     cut = ""
@@ -99,10 +100,13 @@ def run_demo(
     segmenter = _segmenter(checkpoint, settings)
     mean_dice = _evaluate(segmenter, checkpoint, reporter, out / "evaluation.json")
     if not mean_dice >= MIN_MEAN_DICE:
-        raise TrainingError(
-            f"the demo model did not learn: mean organ Dice {mean_dice:.3f} after "
-            f"{result.epochs_done} epochs (expected at least {MIN_MEAN_DICE})" + (f"; {cut}" if cut else "")
+        short = (
+            f"the demo model has not learnt yet: mean organ Dice {mean_dice:.3f} after "
+            f"{result.epochs_done} epochs"
         )
+        if not cut:  # the whole recipe ran: that is a failure
+            raise TrainingError(f"{short} (expected at least {MIN_MEAN_DICE})")
+        reporter.warn(f"{short}, as {cut}; a larger --minutes, or none, gives the full demo")
 
     reporter.info("[bold]4/4[/] segmenting a held-out scan in its own space", markup=True)
     predicted = _predict(segmenter, checkpoint, scan_path, held_out / "scan_seg.nii.gz")

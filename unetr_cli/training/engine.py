@@ -35,7 +35,7 @@ from unetr_cli.devices import (
     resolve_device,
 )
 from unetr_cli.errors import Interrupted, TrainingError
-from unetr_cli.files import copy_file
+from unetr_cli.files import link_or_copy
 from unetr_cli.inference.segmenter import Segmenter
 from unetr_cli.labels import label_names
 from unetr_cli.metrics import DiceAccumulator
@@ -69,6 +69,7 @@ class RunOptions:
     stop_after_epochs: int | None = None
     time_budget_s: float | None = None
     expected_minutes: float | None = None  # the training time the caller expects; far beyond it: a warning
+    slow_hint: str = ""  # ... which ends with this advice
 
 
 @dataclass
@@ -127,7 +128,8 @@ class _Training:
             self.lock.close()
 
     def save(self, *names: str, sync: bool = True) -> None:
-        """Save the training state once, as the first name, and copy that file to the others."""
+        """Save the training state once, as the first name, and give that file the other names too (hard
+        links: checkpoint_latest, _best and _final are often the same state)."""
         first = self.run.checkpoint(names[0])
         with self.stop.deferred() if self.stop else contextlib.nullcontext():
             save_training_state(
@@ -135,7 +137,7 @@ class _Training:
             )
         if distributed.is_main() and self.settings.runtime.save_checkpoint:
             for name in names[1:]:
-                copy_file(first, self.run.checkpoint(name))
+                link_or_copy(first, self.run.checkpoint(name))
         if LATEST in names:
             self.saved_step = self.state.step
 
@@ -386,6 +388,7 @@ def _report_pace(training: _Training, record: dict, epochs_left: int) -> None:
         training.reporter.warn(
             f"this machine trains slower than expected: about {total:.1f} minutes of training instead of "
             f"about {expected:g} ({step_s:.2f} s per step); the result will be the same, only later"
+            + (f"; {training.options.slow_hint}" if training.options.slow_hint else "")
         )
 
 
@@ -457,7 +460,7 @@ def _finish(training: _Training, last_dice: float) -> FitResult:
         training.save(LATEST)
     finished = state.epoch >= settings.optimisation.max_epochs
     if finished and distributed.is_main() and settings.runtime.save_checkpoint:
-        copy_file(run.checkpoint(LATEST), run.checkpoint(FINAL))
+        link_or_copy(run.checkpoint(LATEST), run.checkpoint(FINAL))
     in_sync = distributed.check_in_sync(training.model)
     if distributed.is_main() and training.val_set is None:  # else the last validation drew it
         run.plot_progress()
