@@ -21,11 +21,19 @@ from unetr_cli.errors import UsageError
 _NAMED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device for `auto`, `cpu`, `cuda` or `cuda:N`."""
+def requested_device(name: str) -> torch.device:
+    """The device `auto`, `cpu`, `cuda` or `cuda:N` asks for (`auto`: the first GPU when there is one, else
+    the CPU), not yet checked against what is visible."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    return torch.device(name)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`requested_device`, checked: a GPU that is not there is a usage error naming what is visible."""
+    device = requested_device(name)
+    if name == "auto":
+        return device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -59,10 +59,9 @@ def run(
     options = dataclasses.replace(
         plan.options, provenance={"checkpoint": weights.source, "settings": settings.to_dict()}
     )
-    from unetr_cli.devices import resolve_device
+    from unetr_cli.devices import requested_device, resolve_device
 
-    device = resolve_device(settings.inference.device)
-    processes = launch.processes(device)
+    processes = launch.processes(requested_device(settings.inference.device))
     if processes:
         from unetr_cli.inference.worker import PredictJob, predict_on_processes
 
@@ -80,6 +79,7 @@ def run(
         from unetr_cli.inference.batch import predict_batch
         from unetr_cli.inference.scan import load_segmenter
 
+        device = resolve_device(settings.inference.device)
         result = predict_batch(
             plan.scans,
             plan.targets,

@@ -14,7 +14,7 @@ from typing import Any
 from unetr_cli import distributed
 from unetr_cli.checkpoint import LoadedWeights, read_weights
 from unetr_cli.console import Reporter
-from unetr_cli.devices import resolve_device
+from unetr_cli.devices import requested_device
 from unetr_cli.distributed import Launch
 from unetr_cli.errors import UsageError
 from unetr_cli.files import write_text
@@ -84,7 +84,7 @@ def start_training(
 ) -> None:
     """Train here with `settings` (resolved by the command), or relaunch through torchrun, one process per
     GPU; `weights` are the fine-tuning weights when already read."""
-    processes = launch.processes(resolve_device(settings.inference.device))
+    processes = launch.processes(requested_device(settings.inference.device))
     if "TORCHELASTIC_RUN_ID" in os.environ and processes:
         raise UsageError("already running under torchrun: drop --nproc-per-node/--distributed")
     job = TrainingJob(settings, run.path, options, output_mode, finetune)
