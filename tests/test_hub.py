@@ -219,11 +219,10 @@ def test_a_server_that_never_answers_is_given_up_on(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "1")  # the give-up comes after six of these, 6 s
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
-    started = time.monotonic()
     result = invoke("download", "unetr-test/btcv", "--filename", "model.pth", "--to", tmp_path / "m")
     assert result.exit_code == 1
     assert "the hub stopped answering (nothing received for 6 s)" in result.stderr
-    assert time.monotonic() - started < 30 and accepted
+    assert accepted
     listener.close()
 
 

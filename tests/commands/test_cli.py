@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -35,19 +35,18 @@ def test_version():
     assert result.stdout.strip() == f"unetr {__version__}"
 
 
-def test_help_is_instant_and_imports_no_torch():
+def test_help_imports_no_torch():
+    """Help stays instant because it loads none of the heavy libraries (how long it takes is measured in
+    benchmarks/, not here: a busy machine is not a broken feature)."""
     code = (
-        "import sys, time; t = time.perf_counter()\n"
+        "import sys\n"
         "from unetr_cli.cli import app\n"
         "try:\n    app(['--help'], prog_name='unetr')\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'monai', 'nibabel', 'scipy') if m in sys.modules]\n"
-        "print('HEAVY', heavy, time.perf_counter() - t, file=sys.stderr)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
     )
-    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - start
     assert "HEAVY []" in done.stderr, done.stderr
-    assert elapsed < 3.0, f"`unetr --help` took {elapsed:.2f} s"
 
 
 def test_python_dash_m_runs_the_same_cli():
@@ -110,3 +109,27 @@ def test_the_process_ends_at_once_with_its_code_output_and_exit_handlers(tmp_pat
         assert done.stdout == invoke(*args).stdout  # every line of the output, flushed before the end
     else:
         assert "x=1" in done.stderr and "Traceback" not in done.stderr
+
+
+def _option_names(command: str) -> list[str]:
+    import typer.main
+
+    from unetr_cli.cli import app
+
+    found = typer.main.get_command(app)
+    for word in command.split():
+        found = found.commands[word]
+    return [name for p in found.params for name in (*p.opts, *p.secondary_opts) if name.startswith("--")]
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+@pytest.mark.parametrize("command", ["train", "finetune", "predict", "evaluate", "export", "serve"])
+def test_help_shows_every_option_name_in_full(command, columns):
+    """Rich cuts long names in a narrow table ("--pretrained-model-…"); below 100 columns the plain layout
+    takes over, so a user on an 80-column terminal can read every flag."""
+    result = invoke(*command.split(), "--help", env={"COLUMNS": columns})
+    assert result.exit_code == 0
+    shown = set(re.split(r"[\s,│]+", result.stdout))
+    missing = [name for name in _option_names(command) if name not in shown]
+    assert "…" not in result.stdout and missing == [], missing
+    assert max(len(line) for line in result.stdout.splitlines()) <= int(columns)

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -309,11 +308,9 @@ def test_time_budget_stops_after_one_epoch(tiny_dataset, tmp_path, time_budget):
     settings = resolve_settings(
         SettingsSources(preset="tiny-cpu"), {"data.data_dir": tiny_dataset, "runtime.seed": 0}
     )
-    started = time.monotonic()
     result = fit(settings, RunDir(tmp_path / "run"), Reporter("quiet"), RunOptions(time_budget_s=time_budget))
     assert result.epochs_done == 1
     assert result.history[-1]["mean_dice"] is not None  # the last epoch of a run always validates
-    assert time.monotonic() - started < 120
 
 
 @pytest.mark.parametrize("expected_minutes, warned", [(1e-4, True), (1e3, False)])
