@@ -44,8 +44,8 @@ class ArchiveLimits:
         )
 
 
-def unpacked(archive: Path, limits: ArchiveLimits | None = None) -> Path:
-    """The archive's files in a temporary folder removed when the process ends.
+def unpacked(archive: Path, limits: ArchiveLimits | None = None, into: Path | None = None) -> Path:
+    """The archive's files in a temporary folder removed when the process ends (or in `into`, kept).
 
     Raises:
         InputError: a damaged archive, a limit passed, or too little free space to unpack it.
@@ -55,9 +55,13 @@ def unpacked(archive: Path, limits: ArchiveLimits | None = None) -> Path:
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = [m for m in bundle.infolist() if not m.is_dir() and _contained(m.filename)]
-            _check(archive, members, limits)
-            folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            _check(archive, members, limits, into.parent if into is not None else Path(tempfile.gettempdir()))
+            if into is None:
+                folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+                atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            else:
+                folder = into
+                folder.mkdir(parents=True, exist_ok=True)
             for member in members:
                 target = folder / member.filename
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +72,7 @@ def unpacked(archive: Path, limits: ArchiveLimits | None = None) -> Path:
     return folder
 
 
-def _check(archive: Path, members: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
+def _check(archive: Path, members: list[zipfile.ZipInfo], limits: ArchiveLimits, scratch: Path) -> None:
     hint = "raise it with UNETR_DATA__{} if the archive is trusted"
     if len(members) > limits.max_members:
         raise InputError(
@@ -100,7 +104,6 @@ def _check(archive: Path, members: list[zipfile.ZipInfo], limits: ArchiveLimits)
             f"unpacks to {total / GIB:.1f} GiB, more than data.archive_max_gib = {limits.max_gib:g}; "
             + hint.format("ARCHIVE_MAX_GIB"),
         )
-    scratch = Path(tempfile.gettempdir())
     free = shutil.disk_usage(scratch).free
     if total > free - (64 << 20):
         raise InputError(

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from unetr_cli import __version__, ending
-from unetr_cli.commands import command, config, demo, inference, review, sharing, synth, training
+from unetr_cli.commands import command, config, demo, inference, review, serve, sharing, synth, training
 from unetr_cli.console import debugging, report_error, stdout
 from unetr_cli.monai_extras import skip_unused_extras
 
@@ -71,6 +71,7 @@ for _function in (
     review.report,
     sharing.export,
     sharing.download,
+    serve.serve,
     demo.demo,
 ):
     command(app)(_function)
