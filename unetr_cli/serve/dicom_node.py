@@ -65,11 +65,12 @@ class DicomNode:
         self._lock = threading.Lock()
 
     def start(self, stop: threading.Event) -> threading.Thread:
-        from pynetdicom import AE, StoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
         ae = AE(ae_title=self.options.ae_title)
-        ae.supported_contexts = StoragePresentationContexts
+        for context in AllStoragePresentationContexts:  # compressed series too (JPEG, JPEG 2000, RLE...)
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         if self.options.allow:
             ae.require_calling_aet = list(self.options.allow)
@@ -130,9 +131,8 @@ class DicomNode:
         wanted = [s for s in series if s.skip_line(self.options.allow_non_ct) is None]
         for item in series:
             if item not in wanted:
-                self.reporter.warn(
-                    f"DICOM from {sender['ae_title']}: {item.skip_line(self.options.allow_non_ct)}"
-                )
+                line = item.skip_line(self.options.allow_non_ct).replace(f" in {folder}", "")
+                self.reporter.warn(f"DICOM from {sender['ae_title']}: {line}")
         if not wanted:
             shutil.rmtree(folder, ignore_errors=True)
             return

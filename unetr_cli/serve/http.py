@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 
@@ -97,6 +97,11 @@ def create_app(store: JobStore, engines: list, token: str | None, max_upload_byt
             store.discard(job.id)
             raise
         return _described(job)
+
+    @app.get("/jobs", dependencies=guarded)
+    def jobs(limit: int = Query(50, ge=1, le=1000)) -> list[dict]:
+        """The newest jobs, newest first: state, stage, name, origin, error, DICOM delivery."""
+        return [job.to_dict() | {"url": f"/jobs/{job.id}"} for job in store.recent(limit)]
 
     @app.get("/jobs/{job_id}", dependencies=guarded)
     def status(job_id: str) -> dict:

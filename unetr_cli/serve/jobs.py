@@ -141,6 +141,15 @@ class JobStore:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
+    def recent(self, limit: int) -> list[Job]:
+        """The newest `limit` accepted jobs, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state != 'receiving' ORDER BY created DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [self._job(row) for row in rows]
+
     def undelivered(self) -> list[Job]:
         """Done DICOM jobs whose DICOM-SEG was never sent (the service stopped first)."""
         with self._lock:
