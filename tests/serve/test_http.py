@@ -195,3 +195,37 @@ def test_a_short_token_file_is_refused(tmp_path):
     (tmp_path / "token").write_text("short\n")
     result = invoke("serve", "--checkpoint", tmp_path / "a.pt", "--token-file", tmp_path / "token")
     assert result.exit_code == 2 and "the token must be at least 16 characters" in result.stderr
+
+
+def test_a_full_disk_refuses_the_upload_with_507_and_keeps_serving(tmp_path, monkeypatch, scan):
+    import shutil
+    import threading
+
+    import uvicorn
+
+    from tests.serve.conftest import free_port
+    from unetr_cli.serve.http import create_app
+    from unetr_cli.serve.jobs import JobStore
+
+    store = JobStore(tmp_path / "state")
+    app = create_app(store, [], None, 1 << 30, False)
+    client = Service(tmp_path / "none.pt", tmp_path / "state")  # only its HTTP helpers
+    client.port = free_port()
+    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=client.port, log_level="error"))
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    real = shutil.disk_usage
+    try:
+        client.wait_until(lambda: running.started, "the server to start", 30)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=100 << 20))
+        full = client.submit(scan)
+        assert (
+            full.status == 507
+            and "case31.nii.gz: the service's disk is full (100 MiB free)" in full.body.decode()
+        )
+        assert not any((tmp_path / "state" / "jobs").iterdir())
+        monkeypatch.setattr(shutil, "disk_usage", real)
+        assert client.submit(scan).status == 202  # room again: accepted
+    finally:
+        running.should_exit = True
+        thread.join(timeout=30)

@@ -33,20 +33,30 @@ class Engine:
         return thread
 
     def _run(self, stop: threading.Event) -> None:
+        if not self.load():
+            return
+        while not stop.is_set():
+            if not self.segment_queued():
+                stop.wait(POLL_S)
+
+    def load(self) -> bool:
+        """Build the model on the device (on failure the health endpoint says why); whether it is ready."""
         from unetr_cli.inference.scan import load_segmenter
 
         try:
             self.segmenter = load_segmenter(self.settings, self.device, lambda: self.weights)
-        except Exception as err:  # no model, no jobs: the health endpoint says why
+        except Exception as err:  # no model, no jobs
             self.state, self.error = "failed", failure_message(err, "model")
-            return
+            return False
         self.state = "ready"
-        while not stop.is_set():
-            jobs = self.store.claim(self.batch)
-            if jobs:
-                self._segment(jobs)
-            else:
-                stop.wait(POLL_S)
+        return True
+
+    def segment_queued(self) -> int:
+        """Segment up to `batch` queued jobs; returns how many were taken (0: none was queued)."""
+        jobs = self.store.claim(self.batch)
+        if jobs:
+            self._segment(jobs)
+        return len(jobs)
 
     def _segment(self, jobs: list[Job]) -> None:
         from unetr_cli.inference.batch import PredictOptions, predict_batch

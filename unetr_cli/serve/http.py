@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -15,11 +16,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 
 from unetr_cli import __version__
+from unetr_cli.errors import known_failure
 from unetr_cli.serve.jobs import Job, JobStore
 from unetr_cli.serve.uploads import UPLOAD, Refused, accept
 
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
-CHUNK = 1 << 20
+DISK_RESERVE = 256 << 20  # what the service keeps free on its disk
 
 
 def create_app(store: JobStore, engines: list, token: str | None, max_upload_bytes: int, allow_non_ct: bool):
@@ -78,6 +80,7 @@ def create_app(store: JobStore, engines: list, token: str | None, max_upload_byt
     async def submit(request: Request, name: str = "scan") -> dict:
         """Submit a scan as the request body (NIfTI, NRRD, MetaImage, or a .zip of one DICOM series); `name`
         is how the job shows it. Returns the job, queued."""
+        _check_room(request, name, max_upload_bytes, store.folder)
         job = store.receive(name)
         received = 0
         try:
@@ -93,6 +96,9 @@ def create_app(store: JobStore, engines: list, token: str | None, max_upload_byt
         except Refused as refused:
             store.discard(job.id)
             raise HTTPException(refused.status, refused.line) from None
+        except OSError as err:  # the service's disk, not the client's upload
+            store.discard(job.id)
+            raise HTTPException(507, f"{name}: could not be stored: {known_failure(err, name)}") from None
         except BaseException:
             store.discard(job.id)
             raise
@@ -154,6 +160,22 @@ def create_app(store: JobStore, engines: list, token: str | None, max_upload_byt
         return job
 
     return app
+
+
+def _check_room(request: Request, name: str, max_upload_bytes: int, folder: Path) -> None:
+    """Refuse an announced upload that is too large, or that the service's disk has no room for, before
+    reading it."""
+    try:
+        length = int(request.headers.get("content-length", "0"))
+    except ValueError:
+        raise HTTPException(400, "Content-Length: not a number") from None
+    if length > max_upload_bytes:
+        raise HTTPException(413, f"{name}: larger than the service accepts ({max_upload_bytes >> 20} MiB)")
+    free = shutil.disk_usage(folder).free
+    if length * 3 + DISK_RESERVE > free:  # the upload, its unpacked files and its outputs
+        raise HTTPException(
+            507, f"{name}: the service's disk is full ({free >> 20} MiB free); try again later"
+        )
 
 
 def _described(job: Job) -> dict:
