@@ -128,6 +128,7 @@ def base(trained_run, tiny_dataset, tmp_path_factory) -> Path:
     export_safetensors(model, settings, root / "hub" / "OWNER" / "REPO" / "model.safetensors")
     export_safetensors(model, settings, root / "model.safetensors")
     torch.save(stored["model"], root / "model.pth")
+    (root / "token.txt").write_text("a-long-random-token-for-the-docs\n")  # unetr serve --token-file
     return root
 
 
@@ -162,5 +163,49 @@ def test_every_command_line_runs(page, base, hub, tmp_path, monkeypatch):
             key, _, value = words.pop(0).partition("=")
             assignments[key] = value
         env = {**TINY, **assignments, "HF_ENDPOINT": hub, "HF_HOME": str(tmp_path / "hf")}
+        if words[1] == "serve":
+            assert serves(words[1:], env, sandbox) == 0, f"{page.name}: {line}"
+            continue
         result = invoke(*words[1:], env=env)
         assert result.exit_code == 0, f"{page.name}: {line}\n{result.output[-3000:]}"
+
+
+def serves(args: list[str], env: dict[str, str], sandbox: Path) -> int:
+    """Run a `unetr serve` line as the process it is, on loopback ports of the test's choosing, until its
+    model is ready; then stop it as systemd would (SIGTERM) and return its exit code."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    port = free_port()
+    args = [*args, "--port", str(port), "--host", "127.0.0.1", "--state", str(sandbox / "serve-state")]
+    if "--dicom-port" in args:
+        args += ["--dicom-port", str(free_port())]
+    log = sandbox / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "unetr_cli", *args],
+            env={**os.environ, **env},
+            cwd=sandbox,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline, status = time.monotonic() + 180, None
+    while status != "ok":
+        assert service.poll() is None and time.monotonic() < deadline, log.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+                status = json.loads(answer.read())["status"]
+        except OSError:
+            time.sleep(0.2)
+    service.terminate()
+    return service.wait(timeout=120)

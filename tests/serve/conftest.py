@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ class Service:
         return self.request(path, **kwargs)
 
     def submit(self, path: Path, name: str | None = None) -> Answer:
-        return self.request(f"/jobs?name={name or path.name}", data=path.read_bytes())
+        return self.request(f"/jobs?name={urllib.parse.quote(name or path.name)}", data=path.read_bytes())
 
     def finished(self, job_id: str) -> dict:
         """The job once it is done or failed."""

@@ -52,3 +52,11 @@ def test_out_of_memory_fails_its_job_and_the_engine_goes_on(checkpoint, tmp_path
     third = _queued(store, scans[2])
     assert engine.segment_queued() == 1 and store.get(third).state == "done"
     assert engine.segment_queued() == 0
+
+
+def test_one_engine_per_visible_gpu_for_auto_and_one_for_a_named_device(monkeypatch):
+    from unetr_cli.serve.service import serving_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert serving_devices("auto") == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert serving_devices("cpu") == [torch.device("cpu")]

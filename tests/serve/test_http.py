@@ -229,3 +229,37 @@ def test_a_full_disk_refuses_the_upload_with_507_and_keeps_serving(tmp_path, mon
     finally:
         running.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_port_in_use_is_refused_before_any_model(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("serve", "--checkpoint", tmp_path / "absent.pt", "--port", port)
+    assert result.exit_code == 2 and "absent.pt" not in result.stderr
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
+
+
+def test_without_the_serve_extra_the_line_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    result = invoke("serve", "--checkpoint", tmp_path / "absent.pt")
+    assert result.exit_code == 2
+    assert "unetr serve needs uvicorn: pip install 'unetr[serve]'" in result.stderr.replace("\n", " ")
+
+
+def test_a_clients_name_is_shown_but_never_a_path_or_a_header(service, scan):
+    name = '../../x"\r\nX-Injected: 1;.nii.gz'
+    job = service.finished(service.submit(scan, name=name).json()["id"])
+    assert job["state"] == "done" and job["name"] == name  # shown as given
+    fetched = service.get(f"/jobs/{job['id']}/result")
+    assert fetched.status == 200 and "X-Injected" not in fetched.headers
+    assert 'filename="x___X-Injected__1__seg.nii.gz"' in fetched.headers["content-disposition"]
+    assert not (service.state.parent / "x").exists() and (service.state / "jobs" / job["id"]).is_dir()

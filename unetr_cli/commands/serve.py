@@ -50,6 +50,15 @@ def serve(
             min=0.01, help="How long finished jobs and their results are kept.", rich_help_panel=_NET
         ),
     ] = 24.0,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Queued jobs an engine takes at once, segmented as one batch.",
+            rich_help_panel=_NET,
+        ),
+    ] = 4,
     allow_non_ct: Annotated[
         bool,
         typer.Option(
@@ -119,6 +128,7 @@ def serve(
         insecure=insecure,
         max_upload_bytes=max_upload_mib << 20,
         keep_hours=keep_hours,
+        batch=batch,
         allow_non_ct=allow_non_ct,
         dicom=node,
     )

@@ -14,7 +14,7 @@ from unetr_cli.errors import InputError, failure_message
 from unetr_cli.serve.jobs import Job, JobStore
 from unetr_cli.serve.uploads import Refused, client_line, source_of
 
-POLL_S = 0.2  # how often an idle engine looks for queued jobs
+POLL_S = 0.5  # how often an idle engine looks for queued jobs when none is announced
 
 
 class Engine:
@@ -36,8 +36,9 @@ class Engine:
         if not self.load():
             return
         while not stop.is_set():
+            self.store.arrived.clear()
             if not self.segment_queued():
-                stop.wait(POLL_S)
+                self.store.arrived.wait(POLL_S)  # a new job, or a look every POLL_S (and at a stop)
 
     def load(self) -> bool:
         """Build the model on the device (on failure the health endpoint says why); whether it is ready."""

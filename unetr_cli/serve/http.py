@@ -127,7 +127,8 @@ def create_app(store: JobStore, engines: list, token: str | None, max_upload_byt
             path = await run_in_threadpool(result_file, job, format)
         except NoSuchResult as missing:
             raise HTTPException(404, str(missing)) from None
-        return FileResponse(path, filename=f"{Path(job.name).name.split('.')[0] or 'scan'}_{path.name}")
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(job.name).name.split(".")[0])[:64] or "scan"
+        return FileResponse(path, filename=f"{stem}_{path.name}")  # a client's name, made harmless
 
     @app.get("/jobs/{job_id}/view", dependencies=guarded)
     async def view_meta(job_id: str) -> JSONResponse:

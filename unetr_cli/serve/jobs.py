@@ -73,6 +73,7 @@ class JobStore:
         self.folder = Path(folder)
         (self.folder / "jobs").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.arrived = threading.Event()  # set when a job is queued: idle engines wake at once
         self._db = sqlite3.connect(self.folder / "jobs.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an accepted job survives a power cut
@@ -107,6 +108,7 @@ class JobStore:
 
     def queue(self, job_id: str) -> None:
         self._set(job_id, state="queued", stage="queued")
+        self.arrived.set()
 
     def discard(self, job_id: str) -> None:
         """A job that was never accepted (a refused upload): its row and folder go."""

@@ -42,6 +42,13 @@ class ServeOptions:
             )
         if self.dicom is not None:
             self.dicom.check()
+        ports = [("--port", self.port)] + ([("--dicom-port", self.dicom.port)] if self.dicom else [])
+        if self.dicom is not None and self.dicom.port == self.port:
+            raise UsageError(f"--dicom-port {self.port}: the same port as --port; give each its own")
+        for option, port in ports:
+            problem = _cannot_listen(self.host, port)
+            if problem:
+                raise UsageError(f"{option} {port}: cannot listen on {self.host}:{port} ({problem})")
 
 
 def serve(options: ServeOptions, settings, weights, reporter: Reporter) -> None:
@@ -93,6 +100,20 @@ def serve(options: ServeOptions, settings, weights, reporter: Reporter) -> None:
             thread.join()  # each engine finishes the batch in hand
         store.close()
         reporter.result("unetr serve: stopped")
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the service could not listen on host:port (in use, not this machine's address), or None."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def _terminated(signum, frame) -> None:
