@@ -180,7 +180,8 @@ def main() -> None:
         "serve_ready_s": round(ready_s, 2),
         "clients": loads,
     }
-    name = f"serve_{args.device.split(':')[0]}_{args.slices}"
+    device = args.device.split(":")[0]
+    name = f"gpu_serve_{args.slices}" if device == "cuda" else f"serve_{device}_{args.slices}"
     print(f"wrote {write_result(name, result)}")
 
 

@@ -9,7 +9,9 @@
 #
 # PARTS names the parts and their order (default "tests bench"): `gpu-tests`, `cpu-suite`, `tests` (both side
 # by side), `predict`, `train`, `step`, `bench` (the three), `trace` (traced single invocations of predict,
-# see `trace_runs`). BUDGET_S (default 570) bounds the whole call:
+# see `trace_runs`), `serve` (bench_serve.py: `unetr serve` under 1 and 4 clients against predict's batch rate;
+# the serve extra's wheels must be carried: fetch-wheels.sh fastapi starlette uvicorn h11 anyio sniffio
+# pynetdicom). BUDGET_S (default 570) bounds the whole call:
 # each part gets its own limit (GPU_TESTS_S, CPU_SUITE_S, PREDICT_BENCH_S, TRAIN_BENCH_S, STEP_BENCH_S) or what is
 # left of the budget, whichever is less, and a part with under a minute left is skipped and said so. So one
 # part that hangs does not cost the others, and a device call ends with its summary. With a short lease, put
@@ -115,11 +117,13 @@ for part in ${PARTS:-tests bench}; do
     train) can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" "${train_args[@]}" ;;
     step) can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
     trace) can_start trace && trace_runs ;;
+    serve) can_start serve && benchmark serve bench_serve.py "${SERVE_BENCH_S:-300}" --device cuda --slices 200 \
+      --scans "${SERVE_SCANS:-10}" --clients 1 4 ;;
     bench)
       can_start predict && benchmark predict bench_gpu_predict.py "${PREDICT_BENCH_S:-300}" "${predict_args[@]}"
       can_start train && benchmark train bench_gpu_train.py "${TRAIN_BENCH_S:-240}" "${train_args[@]}"
       can_start step && benchmark step bench_gpu_step.py "${STEP_BENCH_S:-120}" ;;
-    *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, step, trace, bench)" ;;
+    *) stamp "unknown part '$part' (gpu-tests, cpu-suite, tests, predict, train, step, trace, serve, bench)" ;;
   esac
 done
 
