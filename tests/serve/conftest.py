@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,31 @@ class Service:
     def kill(self) -> None:
         self.process.kill()  # SIGKILL: nothing runs after it
         self.process.wait(timeout=30)
+
+
+@contextmanager
+def api_only(state: Path, token: str | None = None, max_upload_bytes: int = 1 << 30):
+    """The HTTP API over a job store in this process, with no model (nothing is segmented): for what the API
+    decides on its own (tokens, sizes, room on disk). Yields a `Service` whose HTTP helpers reach it."""
+    import threading
+
+    import uvicorn
+
+    from unetr_cli.serve.http import create_app
+    from unetr_cli.serve.jobs import JobStore
+
+    app = create_app(JobStore(state), [], token, max_upload_bytes, False)
+    client = Service(state / "none.pt", state)
+    client.port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=client.port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        client.wait_until(lambda: server.started, "the server to start", 30)
+        yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REALDATA, dicom_errors, invoke, predict, write_scan
-from tests.serve.conftest import Service
+from tests.serve.conftest import Service, api_only
 from unetr_cli.phantoms import make_phantom
 from unetr_cli.phantoms.dicom_series import write_ct_series
 
@@ -144,34 +144,16 @@ def test_health_metrics_docs_and_unknown_jobs(service):
 
 
 def test_a_token_guards_every_request_but_the_page_and_health(tmp_path):
-    import threading
-
-    import uvicorn
-
-    from tests.serve.conftest import free_port
-    from unetr_cli.serve.http import create_app
-    from unetr_cli.serve.jobs import JobStore
-
     token = "s3cret-token-for-the-test"
-    app = create_app(JobStore(tmp_path / "state"), [], token, 1 << 20, False)
-    server = Service(tmp_path / "none.pt", tmp_path / "state")  # only its HTTP helpers
-    server.port = free_port()
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=server.port, log_level="error"))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    try:
-        server.wait_until(lambda: running.started, "the server to start", 30)
+    with api_only(tmp_path / "state", token=token) as server:
         assert server.get("/health").status == 200 and server.get("/").status == 200
-        for path in ("/metrics", "/jobs/0123456789abcdef"):
+        for path in ("/metrics", "/jobs", "/jobs/0123456789abcdef"):
             assert server.get(path).status == 401
             wrong = server.get(path, headers={"Authorization": "Bearer not-the-token"})
             assert wrong.status == 401 and "bearer token" in wrong.json()["detail"]
         assert server.request("/jobs?name=x", data=b"x").status == 401
         assert not any((tmp_path / "state" / "jobs").iterdir())  # nothing stored for a refused caller
         assert server.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status == 200
-    finally:
-        running.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -199,36 +181,16 @@ def test_a_short_token_file_is_refused(tmp_path):
 
 def test_a_full_disk_refuses_the_upload_with_507_and_keeps_serving(tmp_path, monkeypatch, scan):
     import shutil
-    import threading
 
-    import uvicorn
-
-    from tests.serve.conftest import free_port
-    from unetr_cli.serve.http import create_app
-    from unetr_cli.serve.jobs import JobStore
-
-    store = JobStore(tmp_path / "state")
-    app = create_app(store, [], None, 1 << 30, False)
-    client = Service(tmp_path / "none.pt", tmp_path / "state")  # only its HTTP helpers
-    client.port = free_port()
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=client.port, log_level="error"))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
     real = shutil.disk_usage
-    try:
-        client.wait_until(lambda: running.started, "the server to start", 30)
+    with api_only(tmp_path / "state") as client:
         monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=100 << 20))
         full = client.submit(scan)
-        assert (
-            full.status == 507
-            and "case31.nii.gz: the service's disk is full (100 MiB free)" in full.body.decode()
-        )
+        assert full.status == 507
+        assert "case31.nii.gz: the service's disk is full (100 MiB free)" in full.json()["detail"]
         assert not any((tmp_path / "state" / "jobs").iterdir())
         monkeypatch.setattr(shutil, "disk_usage", real)
         assert client.submit(scan).status == 202  # room again: accepted
-    finally:
-        running.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_a_port_in_use_is_refused_before_any_model(tmp_path):
