@@ -130,9 +130,12 @@ def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        token = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
-    except OSError as err:
-        raise UsageError(f"--token-file {path}: cannot read it ({err.strerror})") from None
+        lines = path.read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(
+            f"--token-file {path}: cannot read it ({getattr(err, 'strerror', None) or err})"
+        ) from None
+    token = lines[0].strip() if lines else ""
     if len(token) < 16:
         raise UsageError(f"--token-file {path}: the token must be at least 16 characters")
     return token
